@@ -1,0 +1,149 @@
+"""The Faust wiring -- the only place a ``faust.App``, its topics, agent and pages are built.
+
+Data flow (see docs/design.md for the picture)::
+
+    user-events --agent--> noack_take(BATCH_MAX_SIZE, within=BATCH_MAX_WAIT_MS)
+        --> Pipeline.ingest: parse (bad -> user-events-dlq) -> Redis windows (one round trip)
+        --> PendingScores (one entry per session, newest window, bounded)
+    scoring task --> Pipeline.score_pending: model in a thread -> intent-scores -> ack offsets
+
+Offsets are acknowledged by the pipeline, never by Faust's automatic per-event ack
+(``noack_take``), so a committed offset always means "durable in Redis and scored (or
+dead-lettered)".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+
+from stream_app import metrics
+from stream_app.config import Settings
+from stream_app.pipeline import InMessage, Pipeline, Scorer
+from stream_app.scores import ScoreRecord
+from stream_app.security import faust_credentials
+from stream_app.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, scorer: Scorer, store: SessionStore) -> faust.App:
+    kafka = settings.kafka
+    app = faust.App(
+        settings.worker.app_id,
+        broker=[f"kafka://{host.strip()}" for host in kafka.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(kafka),
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_session_timeout=kafka.session_timeout_ms / 1000,
+        broker_rebalance_timeout=kafka.rebalance_timeout_ms / 1000,
+        broker_heartbeat_interval=min(3.0, kafka.session_timeout_ms / 3000),
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        consumer_max_fetch_size=4 * 1024 * 1024,
+        web_port=settings.worker.web_port,
+        web_bind=settings.worker.web_host,
+        web_host=settings.worker.web_host,
+        datadir=str(settings.worker.data_dir),
+        store="memory://",
+    )
+    events_topic = app.topic(kafka.events_topic, key_type=bytes, value_type=bytes)
+    scores_topic = app.topic(kafka.scores_topic, key_type=bytes, value_type=bytes)
+    dlq_topic = app.topic(kafka.dlq_topic, key_type=bytes, value_type=bytes)
+
+    async def publish_scores(records: Sequence[ScoreRecord]) -> None:
+        await _send_all(scores_topic, [(r.session_id.encode(), r.to_json()) for r in records])
+
+    async def publish_dead_letters(letters: Sequence[tuple[bytes | None, bytes]]) -> None:
+        await _send_all(dlq_topic, letters)
+
+    pipeline = Pipeline(
+        settings=settings,
+        store=store,
+        scorer=scorer,
+        publish_scores=publish_scores,
+        publish_dead_letters=publish_dead_letters,
+        ack=_ack,
+        worker_id=f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+    @app.agent(events_topic)
+    async def score_sessions(stream: faust.StreamT[bytes]) -> None:
+        batch = settings.batch
+        async for events in stream.noack_take(batch.max_size, within=batch.max_wait_ms / 1000):
+            await pipeline.ingest([_in_message(stream, event) for event in events])
+
+    @app.task
+    async def scoring_loop() -> None:
+        await pipeline.run_scoring()
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            payload, content_type = metrics.render()
+            return self.bytes(payload, content_type=content_type)
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            body = _health_body(pipeline)
+            return self.json(body, status=200 if body["ready"] else 503)
+
+    @app.on_before_shutdown.connect
+    async def _close(app: faust.App, **_: Any) -> None:
+        pipeline.close()
+        await store.close()
+
+    app.pipeline = pipeline  # type: ignore[attr-defined]  # for tests and the CLI
+    return app
+
+
+def _in_message(stream: faust.StreamT[bytes], event: faust.EventT[bytes]) -> InMessage:
+    message = event.message
+    return InMessage(
+        key=message.key,
+        value=event.value if isinstance(event.value, bytes) else bytes(event.value or b""),
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int(message.timestamp * 1000),
+        handle=(stream, event),
+    )
+
+
+async def _ack(messages: Sequence[InMessage]) -> None:
+    for message in messages:
+        stream, event = message.handle
+        await stream.ack(event)
+
+
+async def _send_all(topic: faust.TopicT, items: Sequence[tuple[bytes | None, bytes]]) -> None:
+    """Send, then wait until the broker acknowledged every message (acks=all)."""
+    pending = [await topic.send(key=key, value=value) for key, value in items]
+    await asyncio.gather(*pending)
+
+
+def _health_body(pipeline: Pipeline) -> dict[str, Any]:
+    health = pipeline.health
+    return {
+        "ready": health.store_up,
+        "store_up": health.store_up,
+        "last_store_error": health.last_store_error if not health.store_up else "",
+        "model_version": pipeline.scorer.model_version,
+        "pending_sessions": len(pipeline.pending),
+        "pending_messages": pipeline.pending.pending_tokens,
+        "last_score_at_ms": health.last_score_at_ms,
+        "scored_batches": health.scored_batches,
+    }

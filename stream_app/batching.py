@@ -1,0 +1,105 @@
+"""Micro-batching and backpressure, as pure data structures (no I/O, no clocks).
+
+Two stages meet here:
+
+* the ingest stage hands over, per micro-batch, the newest window of every session it touched;
+* the scoring stage takes up to ``max_score_batch`` sessions at a time.
+
+``PendingScores`` sits between them. It keeps at most ONE pending entry per session: a session
+that is touched again before it was scored is *coalesced* -- its entry now holds the newest
+window and the union of the messages waiting on it -- so under overload the model scores each
+session once on its freshest window instead of once per event, while every window update has
+still been applied. It is bounded (sessions and messages); the ingest stage waits for room, which
+stops consumption instead of growing memory.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from stream_app.events import Event
+from stream_app.windows import WindowSnapshot
+
+Token = TypeVar("Token")
+
+
+def group_by_session(events: Iterable[Event]) -> dict[str, list[Event]]:
+    """Group events by session id, keeping first-seen session order and arrival order within."""
+    grouped: dict[str, list[Event]] = {}
+    for event in events:
+        grouped.setdefault(event.user_session, []).append(event)
+    return grouped
+
+
+@dataclass(slots=True)
+class PendingEntry(Generic[Token]):
+    """The newest window of one session plus every message waiting for its score."""
+
+    snapshot: WindowSnapshot
+    tokens: list[Token] = field(default_factory=list)
+    oldest_ingest_ms: int = 0
+    newest_ingest_ms: int = 0
+    coalesced: int = 0  # how many extra updates were folded into this entry
+
+    def absorb(self, newer: PendingEntry[Token]) -> None:
+        self.snapshot = newer.snapshot
+        self.tokens.extend(newer.tokens)
+        self.oldest_ingest_ms = min(self.oldest_ingest_ms, newer.oldest_ingest_ms)
+        self.newest_ingest_ms = max(self.newest_ingest_ms, newer.newest_ingest_ms)
+        self.coalesced += 1 + newer.coalesced
+
+
+class PendingScores(Generic[Token]):
+    """Bounded, coalescing FIFO of sessions waiting to be scored (oldest first)."""
+
+    def __init__(self, max_sessions: int, max_tokens: int) -> None:
+        if max_sessions < 1 or max_tokens < 1:
+            raise ValueError("PendingScores bounds must be positive")
+        self.max_sessions = max_sessions
+        self.max_tokens = max_tokens
+        self._entries: OrderedDict[str, PendingEntry[Token]] = OrderedDict()
+        self._tokens = 0
+        self.coalesced_total = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def pending_tokens(self) -> int:
+        return self._tokens
+
+    def has_room(self, new_sessions: int = 1, new_tokens: int = 1) -> bool:
+        """Whether an offer of this size fits. An empty queue always accepts, so a single
+        oversized batch can never deadlock the pipeline."""
+        if not self._entries:
+            return True
+        fits_sessions = len(self._entries) + new_sessions <= self.max_sessions
+        return fits_sessions and self._tokens + new_tokens <= self.max_tokens
+
+    def offer(self, session_id: str, entry: PendingEntry[Token]) -> bool:
+        """Queue a session's newest window; returns True when it coalesced with a pending one.
+
+        A coalesced session keeps its place in line (the oldest waiting message decides
+        fairness), so a hot session cannot starve others nor be starved itself.
+        """
+        self._tokens += len(entry.tokens)
+        current = self._entries.get(session_id)
+        if current is None:
+            self._entries[session_id] = entry
+            return False
+        current.absorb(entry)
+        self.coalesced_total += 1 + entry.coalesced
+        return True
+
+    def take(self, limit: int) -> list[tuple[str, PendingEntry[Token]]]:
+        """Remove and return up to ``limit`` sessions, oldest first."""
+        taken: list[tuple[str, PendingEntry[Token]]] = []
+        while self._entries and len(taken) < limit:
+            session_id, entry = self._entries.popitem(last=False)
+            self._tokens -= len(entry.tokens)
+            taken.append((session_id, entry))
+        return taken
+

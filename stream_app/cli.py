@@ -1,0 +1,116 @@
+"""``intent-stream`` console script: one sub-command per job.
+
+Heavy imports (torch, faust, onnxruntime) happen inside the sub-commands so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+# Nothing may be fetched from a model hub at run time: weights come from disk only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from stream_app.worker import run_worker
+
+    return run_worker()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from stream_app.demo import run_demo
+
+    return run_demo(args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from stream_app.replay.runner import main_replay
+
+    return main_replay(args)
+
+
+def _build_model(args: argparse.Namespace) -> int:
+    from model_export.bundle import main_build_model
+
+    return main_build_model(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model_export.train import main_train
+
+    return main_train(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from model_export.evaluate import main_evaluate
+
+    return main_evaluate(args)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="run the whole pipeline locally on a sample and show it")
+    demo.add_argument("--events", help="REES46 CSV(.gz) or raw JSONL (default: bundled sample)")
+    demo.add_argument("--speed", default="20", help="replay speed factor, or 'max' (default 20)")
+    demo.add_argument("--summary-json", help="write the run's summary here")
+    demo.add_argument("--limit", type=int, default=0, help="send at most N messages (0 = all)")
+    demo.add_argument("--timeout", type=float, default=300.0, help="give up after S seconds")
+    demo.add_argument("--top", type=int, default=12, help="sessions shown in the live view")
+    demo.add_argument("--no-live", action="store_true", help="plain progress lines, no live view")
+    demo.set_defaults(handler=_demo)
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    build = sub.add_parser("build-model", help="build (or locate) the serving model directory")
+    build.add_argument("--out", help="target directory (default: the cache)")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.set_defaults(handler=_build_model)
+
+    train = sub.add_parser("train", help="fine-tune the intent model", add_help=False)
+    train.set_defaults(handler=_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate the model vs baselines", add_help=False)
+    evaluate.set_defaults(handler=_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="intent-stream", description="Real-time purchase-intent scoring of live sessions."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("worker", help="run a Faust worker (configured by env vars)")
+    worker.set_defaults(handler=_worker)
+    _add_demo(sub)
+    replay = sub.add_parser("replay", help="replay a recorded event log as a load test")
+    _add_replay_arguments(replay)
+    replay.set_defaults(handler=_replay)
+    _add_model_commands(sub)
+    return parser
+
+
+def _add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    from stream_app.replay.runner import add_replay_arguments
+
+    add_replay_arguments(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # train/evaluate own their argument parsing (they live in model_export).
+    if argv and argv[0] in ("train", "evaluate"):
+        args = argparse.Namespace(argv=argv[1:])
+        handler: Handler = _train if argv[0] == "train" else _evaluate
+        return handler(args)
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

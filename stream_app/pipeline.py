@@ -1,0 +1,348 @@
+"""The processing pipeline, independent of Faust: parse -> window -> coalesce -> score -> publish.
+
+``app.py`` feeds it micro-batches of messages and supplies three callables (publish scores,
+publish dead letters, acknowledge messages); unit tests feed it the same way with an
+in-memory store and a real scorer, no broker needed.
+
+Delivery: a message is acknowledged (so its offset may be committed) only after
+* its event is durable in the session store AND a score covering it was acknowledged by the
+  broker, or
+* it was a duplicate (already durable), or
+* its dead letter was acknowledged by the broker.
+A crash before that re-delivers the message; re-applying it is a no-op (dedup by event id), so
+windows are effectively-once and only a score message can be duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from stream_app import metrics
+from stream_app.batching import PendingEntry, PendingScores, group_by_session
+from stream_app.config import Settings
+from stream_app.dlq import dead_letter_record
+from stream_app.errors import InvalidEvent, StoreUnavailable
+from stream_app.events import Event, EventLimits, parse_event
+from stream_app.privacy import Pseudonymizer
+from stream_app.retry import Backoff
+from stream_app.scores import ScoreRecord, iso_utc
+from stream_app.store import SessionStore
+from stream_app.windows import WindowSnapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InMessage:
+    """One consumed Kafka record; ``handle`` is whatever the transport needs to ack it."""
+
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    handle: Any = None
+
+
+class Scorer(Protocol):
+    model_version: str
+
+    def score(self, snapshots: Sequence[WindowSnapshot]) -> np.ndarray: ...
+
+
+PublishScores = Callable[[Sequence[ScoreRecord]], Awaitable[None]]
+PublishDeadLetters = Callable[[Sequence[tuple[bytes | None, bytes]]], Awaitable[None]]
+Ack = Callable[[Sequence[InMessage]], Awaitable[None]]
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Health:
+    store_up: bool = True
+    last_store_error: str = ""
+    last_score_at_ms: int = 0
+    scored_batches: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Parsed:
+    valid: list[tuple[Event, InMessage]]
+    dead: list[tuple[InMessage, str, str]]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: SessionStore,
+        scorer: Scorer,
+        publish_scores: PublishScores,
+        publish_dead_letters: PublishDeadLetters,
+        ack: Ack,
+        clock: Clock = wall_clock_ms,
+        worker_id: str = "",
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.scorer = scorer
+        self._publish_scores = publish_scores
+        self._publish_dead_letters = publish_dead_letters
+        self._ack = ack
+        self._clock = clock
+        self.worker_id = worker_id
+        self.limits = EventLimits(
+            max_bytes=settings.kafka.max_message_bytes,
+            max_future_skew_ms=settings.window.max_future_skew_s * 1000,
+            max_age_ms=settings.window.max_age_days * 86_400_000,
+        )
+        privacy = settings.privacy
+        self._pseudonymizer = (
+            Pseudonymizer(privacy.pseudonymize_key.get_secret_value()) if privacy.enabled else None
+        )
+        batch = settings.batch
+        self.pending: PendingScores[InMessage] = PendingScores(
+            max_sessions=batch.max_pending_sessions,
+            max_tokens=batch.max_pending_sessions * 8,
+        )
+        self._changed = asyncio.Condition()
+        self._store_backoff = Backoff(settings.redis.backoff_base_s, settings.redis.backoff_cap_s)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        self.health = Health()
+
+    # ---------------------------------------------------------------- ingest stage
+    async def ingest(self, messages: Sequence[InMessage]) -> None:
+        """Apply one consumed micro-batch to the session windows and queue the sessions."""
+        metrics.INGEST_BATCH_SIZE.observe(len(messages))
+        parsed = self._parse(messages)
+        letters = [self._letter(m, reason, detail) for m, reason, detail in parsed.dead]
+        by_session = group_by_session(event for event, _ in parsed.valid)
+        outcomes = await self._apply_with_retry(by_session) if by_session else {}
+        messages_by_event = {id(event): message for event, message in parsed.valid}
+        settled: list[InMessage] = [m for m, _, _ in parsed.dead]
+        entries = []
+        for session_id, outcome in outcomes.items():
+            rejected = [(messages_by_event[id(e)], e, why) for e, why in outcome.rejected]
+            letters.extend(self._letter(m, why, _rejected_detail(e, why)) for m, e, why in rejected)
+            settled.extend(m for m, _, _ in rejected)
+            settled.extend(messages_by_event[id(e)] for e in outcome.duplicates)
+            metrics.EVENTS_IN.labels("late").inc(len(outcome.late))
+            metrics.EVENTS_IN.labels("overflow").inc(len(outcome.overflow))
+            metrics.EVENTS_IN.labels("duplicate").inc(len(outcome.duplicates))
+            metrics.EVENTS_IN.labels("valid").inc(len(outcome.accepted))
+            waiting = [messages_by_event[id(e)] for e in outcome.accepted]
+            if waiting:
+                entries.append((session_id, _entry(outcome.snapshot, waiting)))
+        if letters:
+            await self._publish_dead_letters(letters)
+        await self._queue(entries)
+        if settled:
+            await self._ack(settled)
+
+    def _parse(self, messages: Sequence[InMessage]) -> _Parsed:
+        now_ms = self._clock()
+        parsed = _Parsed(valid=[], dead=[])
+        for message in messages:
+            try:
+                event = parse_event(message.value, limits=self.limits, now_ms=now_ms)
+            except InvalidEvent as exc:
+                metrics.EVENTS_IN.labels("invalid").inc()
+                parsed.dead.append((message, exc.reason, exc.detail))
+                continue
+            if self._pseudonymizer is not None:
+                event = self._pseudonymizer.apply(event)
+            parsed.valid.append((event, message))
+        return parsed
+
+    def _letter(self, message: InMessage, reason: str, detail: str) -> tuple[bytes | None, bytes]:
+        metrics.DLQ.labels(reason.split(":", 1)[0]).inc()
+        record = dead_letter_record(
+            raw=message.value,
+            reason=reason,
+            detail=detail,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            failed_at_ms=self._clock(),
+        )
+        return message.key, record
+
+    async def _apply_with_retry(self, by_session: dict[str, list[Event]]) -> dict[str, Any]:
+        """Retry store outages forever with bounded, jittered backoff.
+
+        Giving up would mean dropping or dead-lettering valid events; instead consumption
+        stalls (nothing is acked, so nothing is committed) and resumes when Redis is back.
+        """
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                outcomes = await self.store.apply(by_session)
+            except StoreUnavailable as exc:
+                self._mark_store_down(exc)
+                await asyncio.sleep(self._store_backoff.delay(attempt))
+                attempt += 1
+                continue
+            metrics.REDIS_SECONDS.observe(time.perf_counter() - started)
+            if not self.health.store_up:
+                log.info("session store is back after %d retries", attempt)
+            self.health.store_up = True
+            metrics.STORE_UP.set(1)
+            return dict(outcomes)
+
+    def _mark_store_down(self, exc: Exception) -> None:
+        if self.health.store_up:
+            log.warning("session store unavailable, retrying with backoff: %s", exc)
+        self.health.store_up = False
+        self.health.last_store_error = str(exc)
+        metrics.STORE_UP.set(0)
+        metrics.STORE_RETRIES.inc()
+
+    async def _queue(self, entries: list[tuple[str, PendingEntry[InMessage]]]) -> None:
+        """Hand sessions to the scorer, waiting for room (backpressure) when it is behind."""
+        if not entries:
+            return
+        tokens = sum(len(entry.tokens) for _, entry in entries)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.pending.has_room(len(entries), tokens))
+            for session_id, entry in entries:
+                if self.pending.offer(session_id, entry):
+                    metrics.COALESCED.inc()
+            self._update_pending_gauges()
+            self._changed.notify_all()
+
+    def _update_pending_gauges(self) -> None:
+        metrics.PENDING_SESSIONS.set(len(self.pending))
+        metrics.PENDING_MESSAGES.set(self.pending.pending_tokens)
+
+    # ---------------------------------------------------------------- scoring stage
+    async def run_scoring(self) -> None:
+        """Score pending sessions forever: whatever is pending, up to one model batch."""
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: len(self.pending) > 0)
+            await self.score_pending()
+
+    async def score_pending(self) -> int:
+        """Score up to ``max_score_batch`` pending sessions; returns how many were scored."""
+        async with self._changed:
+            taken = self.pending.take(self.settings.batch.max_score_batch)
+            self._update_pending_gauges()
+            self._changed.notify_all()
+        if not taken:
+            return 0
+        probabilities = await self._infer_with_retry([entry.snapshot for _, entry in taken])
+        if probabilities is None:
+            await self._dead_letter_sessions(taken)
+        else:
+            await self._publish(taken, probabilities)
+        await self._ack([m for _, entry in taken for m in entry.tokens])
+        return len(taken)
+
+    async def _infer_with_retry(self, snapshots: list[WindowSnapshot]) -> np.ndarray | None:
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.model.inference_timeout_s
+        for attempt in range(self.settings.model.retries + 1):
+            started = time.perf_counter()
+            try:
+                future = loop.run_in_executor(self._executor, self.scorer.score, snapshots)
+                result = await asyncio.wait_for(future, timeout)
+            except Exception as exc:  # any backend failure: retry, then dead-letter
+                metrics.SCORING_FAILURES.inc()
+                log.warning("inference failed (attempt %d): %r", attempt + 1, exc)
+                self.health.extra["last_scoring_error"] = repr(exc)
+                continue
+            metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
+            metrics.SCORE_BATCH_SIZE.observe(len(snapshots))
+            return np.asarray(result, dtype=np.float64)
+        return None
+
+    async def _publish(
+        self, taken: list[tuple[str, PendingEntry[InMessage]]], probabilities: np.ndarray
+    ) -> None:
+        now_ms = self._clock()
+        records = [
+            self._record(session_id, entry, float(p), now_ms)
+            for (session_id, entry), p in zip(taken, probabilities, strict=True)
+        ]
+        await self._publish_scores(records)
+        acked_ms = self._clock()
+        for _, entry in taken:
+            metrics.E2E_LATENCY_SECONDS.observe(max(0, acked_ms - entry.oldest_ingest_ms) / 1000)
+        metrics.SCORES_OUT.inc(len(records))
+        self.health.last_score_at_ms = acked_ms
+        self.health.scored_batches += 1
+
+    def _record(
+        self, session_id: str, entry: PendingEntry[InMessage], score: float, now_ms: int
+    ) -> ScoreRecord:
+        snapshot = entry.snapshot
+        last_ms = snapshot.events[-1].event_time_ms if snapshot.events else 0
+        return ScoreRecord(
+            session_id=session_id,
+            user_id=snapshot.user_id,
+            score=round(min(1.0, max(0.0, score)), 6),
+            model_version=self.scorer.model_version,
+            window_events=len(snapshot.events),
+            session_events=snapshot.aggregates.n_events,
+            last_event_time=iso_utc(last_ms),
+            last_event_time_ms=last_ms,
+            scored_at=now_ms,
+            ingest_ms=entry.newest_ingest_ms,
+            oldest_ingest_ms=entry.oldest_ingest_ms,
+            worker=self.worker_id,
+        )
+
+    async def _dead_letter_sessions(self, taken: list[tuple[str, PendingEntry[InMessage]]]) -> None:
+        """Inference kept failing: record each session (and the events it waited on)."""
+        letters = []
+        for session_id, entry in taken:
+            newest = entry.tokens[-1]
+            summary = {
+                "session_id": session_id,
+                "window_events": [e.event_id for e in entry.snapshot.events],
+                "detail": self.health.extra.get("last_scoring_error", ""),
+            }
+            message = InMessage(
+                key=session_id.encode(),
+                value=orjson.dumps(summary),
+                topic=newest.topic,
+                partition=newest.partition,
+                offset=newest.offset,
+                timestamp_ms=newest.timestamp_ms,
+            )
+            letters.append(self._letter(message, "scoring_failed", summary["detail"]))
+        await self._publish_dead_letters(letters)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _entry(snapshot: WindowSnapshot, waiting: list[InMessage]) -> PendingEntry[InMessage]:
+    stamps = [m.timestamp_ms for m in waiting]
+    return PendingEntry(
+        snapshot=snapshot,
+        tokens=waiting,
+        oldest_ingest_ms=min(stamps),
+        newest_ingest_ms=max(stamps),
+    )
+
+
+def _rejected_detail(event: Event, reason: str) -> str:
+    return f"event_id={event.event_id} event_time_ms={event.event_time_ms} ({reason})"
