@@ -34,7 +34,6 @@ class KafkaSettings(BaseSettings):
     dlq_topic: str = "user-events-dlq"
     partitions: int = Field(default=8, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)
-    consumer_group: str = "intent-stream"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     sasl_username: str = ""
@@ -118,7 +117,7 @@ class WorkerSettings(BaseSettings):
 
     model_config = _env("WORKER_")
 
-    app_id: str = "intent-stream"
+    app_id: str = Field(default="intent-stream", description="Faust app id = consumer group")
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_host: str = "127.0.0.1"
     data_dir: Path = Path("/tmp/intent-stream")  # noqa: S108 - faust table dir, overridable

@@ -1,0 +1,30 @@
+"""Fixtures for tests that run real ``intent-stream worker`` processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import BUNDLED_SAMPLE, SHARED_REES46
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The serving model built from the committed weights (cached after the first build).
+
+    ``INTENT_STREAM_TEST_MODEL_DIR`` points the tests at another model directory.
+    """
+    from model_export.bundle import default_model_dir
+
+    override = os.environ.get("INTENT_STREAM_TEST_MODEL_DIR", "").strip()
+    if override:
+        return Path(override)
+    return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def rees46_path() -> Path:
+    """The shared REES46 sample when the checkout has ../shared, else the bundled one."""
+    return SHARED_REES46 if SHARED_REES46.exists() else BUNDLED_SAMPLE

@@ -1,0 +1,139 @@
+"""Helpers for tests that drive real ``intent-stream worker`` processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Producer
+
+from stream_app.config import KafkaSettings, RedisSettings, Settings
+from stream_app.errors import InvalidEvent
+from stream_app.events import Event, parse_event
+from stream_app.scores import ScoreRecord
+from stream_app.sources import iter_messages
+from stream_app.topics import read_all
+from stream_app.windows import WindowRules, expected_window
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_REES46 = REPO.parent / "shared/data/rees46_multicategory/2019-Oct_head_users_a.csv"
+BUNDLED_SAMPLE = REPO / "stream_app/demo_data/rees46_2019-Oct_sample.csv"
+
+
+def stack_settings(kafka_bootstrap: str, redis_url: str, name: str, partitions: int = 4) -> Settings:
+    return Settings(
+        kafka=KafkaSettings(
+            bootstrap_servers=kafka_bootstrap,
+            events_topic=f"{name}-events",
+            scores_topic=f"{name}-scores",
+            dlq_topic=f"{name}-dlq",
+            partitions=partitions,
+        ),
+        redis=RedisSettings(url=redis_url, key_prefix=name),
+    )
+
+
+def worker_env(settings: Settings, model_dir: Path, **extra: str) -> dict[str, str]:
+    kafka = settings.kafka
+    env = {
+        "KAFKA_EVENTS_TOPIC": kafka.events_topic,
+        "KAFKA_SCORES_TOPIC": kafka.scores_topic,
+        "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
+        "KAFKA_PARTITIONS": str(kafka.partitions),
+        "REDIS_KEY_PREFIX": settings.redis.key_prefix,
+        "WORKER_APP_ID": f"{settings.redis.key_prefix}-app",
+        "MODEL_DIR": str(model_dir),
+        "MODEL_THREADS": "1",
+        "WORKER_LOG_LEVEL": "INFO",
+    }
+    return {**env, **extra}
+
+
+def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    count = 0
+    for key, value in messages:
+        producer.produce(topic, value=value, key=key)
+        producer.poll(0)
+        count += 1
+    assert producer.flush(30) == 0
+    return count
+
+
+def sentinels(bootstrap: str, topic: str, partitions: int, tag: str) -> set[str]:
+    """One fresh session per partition: once all are scored, everything before them was."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    names = set()
+    for partition in range(partitions):
+        session = f"sentinel-{tag}-{partition}"
+        value = orjson.dumps(
+            {
+                "event_time": int(time.time() * 1000),
+                "event_type": "view",
+                "product_id": "1",
+                "user_session": session,
+            }
+        )
+        producer.produce(topic, value=value, key=session.encode(), partition=partition)
+        names.add(session)
+    assert producer.flush(30) == 0
+    return names
+
+
+def expected_session_events(
+    messages: Iterable[tuple[bytes | None, bytes]], rules: WindowRules
+) -> tuple[dict[str, int], int]:
+    """Per session, how many distinct valid events the worker must accept; and #invalid."""
+    now_ms = int(time.time() * 1000)
+    by_session: dict[str, list[Event]] = {}
+    invalid = 0
+    for _, value in messages:
+        try:
+            event = parse_event(value, now_ms=now_ms)
+        except InvalidEvent:
+            invalid += 1
+            continue
+        by_session.setdefault(event.user_session, []).append(event)
+    expected = {
+        sid: expected_window(sid, events, rules).aggregates.n_events
+        for sid, events in by_session.items()
+    }
+    return expected, invalid
+
+
+def latest_scores(bootstrap: str, topic: str) -> dict[str, ScoreRecord]:
+    latest: dict[str, ScoreRecord] = {}
+    for message in read_all(bootstrap, topic, timeout_s=30, idle_s=1.0):
+        record = ScoreRecord.from_json(message.value())
+        current = latest.get(record.session_id)
+        if current is None or record.session_events >= current.session_events:
+            latest[record.session_id] = record
+    return latest
+
+
+def wait_for_scores(
+    bootstrap: str, topic: str, expected: dict[str, int], timeout_s: float = 180
+) -> dict[str, ScoreRecord]:
+    """Poll until every expected session's newest score covers all its valid events."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        latest = latest_scores(bootstrap, topic)
+        missing = {
+            sid
+            for sid, n in expected.items()
+            if sid not in latest or latest[sid].session_events < n
+        }
+        if not missing or time.monotonic() > deadline:
+            return latest
+        time.sleep(1.0)
+
+
+def load_messages(path: Path, limit: int) -> list[tuple[bytes | None, bytes]]:
+    messages = []
+    for key, value in iter_messages(path):
+        messages.append((key, value))
+        if len(messages) >= limit:
+            break
+    return messages
