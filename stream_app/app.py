@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.web import Request, Response, View
@@ -82,7 +82,8 @@ def create_app(settings: Settings, *, scorer: Scorer, store: SessionStore) -> fa
     @app.agent(events_topic)
     async def score_sessions(stream: faust.StreamT[bytes]) -> None:
         batch = settings.batch
-        async for events in stream.noack_take(batch.max_size, within=batch.max_wait_ms / 1000):
+        concrete = cast("faust.Stream[bytes]", stream)  # noack_take is not on the protocol
+        async for events in concrete.noack_take(batch.max_size, within=batch.max_wait_ms / 1000):
             await pipeline.ingest([_in_message(stream, event) for event in events])
 
     @app.task
@@ -101,8 +102,8 @@ def create_app(settings: Settings, *, scorer: Scorer, store: SessionStore) -> fa
             body = _health_body(pipeline)
             return self.json(body, status=200 if body["ready"] else 503)
 
-    @app.on_before_shutdown.connect
-    async def _close(app: faust.App, **_: Any) -> None:
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers as sync
+    async def _close(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         pipeline.close()
         await store.close()
 

@@ -102,4 +102,3 @@ class PendingScores(Generic[Token]):
             self._tokens -= len(entry.tokens)
             taken.append((session_id, entry))
         return taken
-

@@ -83,5 +83,9 @@ SCORING_FAILURES = Counter(
 
 
 def render() -> tuple[bytes, str]:
-    """The exposition-format payload and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    """The exposition-format payload and its media type.
+
+    aiohttp wants the charset apart from the media type, so only ``text/plain`` is returned;
+    Prometheus reads an unversioned ``text/plain`` as the text exposition format.
+    """
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST.split(";", 1)[0]

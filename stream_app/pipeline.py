@@ -40,6 +40,10 @@ from stream_app.windows import WindowSnapshot
 
 log = logging.getLogger(__name__)
 
+# Dead letters carry the whole rejected message (up to the 1 MiB hostile-input probe, cut with
+# its size and sha256 beyond). Stay under the producer's default max request (1,000,000 B).
+DLQ_MAX_RECORD_BYTES = 960_000
+
 
 @dataclass(frozen=True, slots=True)
 class InMessage:
@@ -106,11 +110,7 @@ class Pipeline:
         self._ack = ack
         self._clock = clock
         self.worker_id = worker_id
-        self.limits = EventLimits(
-            max_bytes=settings.kafka.max_message_bytes,
-            max_future_skew_ms=settings.window.max_future_skew_s * 1000,
-            max_age_ms=settings.window.max_age_days * 86_400_000,
-        )
+        self.limits = EventLimits.from_settings(settings.window, settings.kafka.max_message_bytes)
         privacy = settings.privacy
         self._pseudonymizer = (
             Pseudonymizer(privacy.pseudonymize_key.get_secret_value()) if privacy.enabled else None
@@ -180,6 +180,7 @@ class Pipeline:
             offset=message.offset,
             key=message.key,
             failed_at_ms=self._clock(),
+            max_record_bytes=DLQ_MAX_RECORD_BYTES,
         )
         return message.key, record
 

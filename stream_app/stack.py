@@ -63,7 +63,7 @@ class WorkerProcess:
     def health(self) -> dict[str, object] | None:
         url = f"http://127.0.0.1:{self.web_port}/health"
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=2) as response:
                 return dict(orjson.loads(response.read()))
         except urllib.error.HTTPError as exc:
             return dict(orjson.loads(exc.read()))
@@ -117,7 +117,10 @@ class LocalStack:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -160,7 +163,9 @@ class LocalStack:
     # ------------------------------------------------------------------ addresses
     @property
     def bootstrap_servers(self) -> str:
-        return self.broker.bootstrap_servers if self.broker else self.settings.kafka.bootstrap_servers
+        return (
+            self.broker.bootstrap_servers if self.broker else self.settings.kafka.bootstrap_servers
+        )
 
     @property
     def redis_url(self) -> str:
@@ -195,9 +200,7 @@ class LocalStack:
         for process in self.processes:
             while True:
                 if not process.running:
-                    raise WorkerFailed(
-                        f"worker {process.index} exited:\n{process.log_tail()}"
-                    )
+                    raise WorkerFailed(f"worker {process.index} exited:\n{process.log_tail()}")
                 body = process.health()
                 if body is not None and body.get("ready"):
                     break

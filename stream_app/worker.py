@@ -17,15 +17,6 @@ from stream_app.windows import WindowRules
 log = logging.getLogger(__name__)
 
 
-def window_rules(settings: Settings) -> WindowRules:
-    window = settings.window
-    return WindowRules(
-        max_events=window.max_events,
-        session_gap_ms=window.session_gap_s * 1000,
-        max_seen_ids=window.max_seen_ids,
-    )
-
-
 def build_worker_app(settings: Settings) -> faust.App:
     """Everything that can fail fast (config, model files) fails here, before consuming."""
     if settings.kafka.embedded:
@@ -33,7 +24,7 @@ def build_worker_app(settings: Settings) -> faust.App:
     if settings.redis.embedded:
         raise ConfigError("REDIS_URL is not set (the worker needs Redis)")
     scorer = load_scorer(settings.model)
-    store = create_store(settings.redis, window_rules(settings))
+    store = create_store(settings.redis, WindowRules.from_settings(settings.window))
     return create_app(settings, scorer=scorer, store=store)
 
 

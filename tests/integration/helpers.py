@@ -22,7 +22,9 @@ SHARED_REES46 = REPO.parent / "shared/data/rees46_multicategory/2019-Oct_head_us
 BUNDLED_SAMPLE = REPO / "stream_app/demo_data/rees46_2019-Oct_sample.csv"
 
 
-def stack_settings(kafka_bootstrap: str, redis_url: str, name: str, partitions: int = 4) -> Settings:
+def stack_settings(
+    kafka_bootstrap: str, redis_url: str, name: str, partitions: int = 4
+) -> Settings:
     return Settings(
         kafka=KafkaSettings(
             bootstrap_servers=kafka_bootstrap,

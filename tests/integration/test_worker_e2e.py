@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from stream_app.config import Settings
 from stream_app.dlq import parse_dead_letter
 from stream_app.stack import LocalStack
 from stream_app.store import RedisSessionStore, redis_client
@@ -34,8 +35,10 @@ MALFORMED: list[tuple[bytes | None, bytes]] = [
 ]
 
 
-async def _snapshots(settings, sessions: list[str]) -> dict[str, WindowSnapshot | None]:  # type: ignore[no-untyped-def]
-    store = RedisSessionStore(redis_client(settings.redis), WindowRules(), settings.redis.key_prefix)
+async def _snapshots(settings: Settings, sessions: list[str]) -> dict[str, WindowSnapshot | None]:
+    store = RedisSessionStore(
+        redis_client(settings.redis), WindowRules(), settings.redis.key_prefix
+    )
     try:
         return {sid: await store.get(sid) for sid in sessions}
     finally:

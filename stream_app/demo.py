@@ -1,0 +1,190 @@
+"""``intent-stream demo``: the whole pipeline on one machine with nothing configured.
+
+Starts (unless ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` say otherwise) an embedded broker and
+Redis, creates the topics, starts one worker process, replays a recorded log through it, shows
+the sessions with the highest intent live, waits until every valid event is reflected in a
+published score, and shuts everything down (Ctrl-C included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from stream_app.config import Settings, load_settings
+from stream_app.errors import IntentStreamError
+from stream_app.logs import configure_logging
+from stream_app.replay import report
+from stream_app.replay.runner import (
+    ReplayConfig,
+    ReplayProgress,
+    run_replay,
+    worker_limits,
+    worker_rules,
+)
+from stream_app.replay.timing import TimingConfig
+from stream_app.stack import LocalStack
+
+log = logging.getLogger(__name__)
+
+SUMMARY_KEYS = (
+    "events_sent",
+    "events_valid",
+    "dlq",
+    "sessions",
+    "sessions_scored",
+    "latency_ms_p50",
+    "latency_ms_p99",
+)
+
+
+def bundled_sample() -> Path:
+    return Path(str(resources.files("stream_app") / "demo_data/rees46_2019-Oct_sample.csv"))
+
+
+def _speed(text: str) -> float | None:
+    if text.strip().lower() == "max":
+        return None
+    speed = float(text)
+    if speed <= 0:
+        raise ValueError("--speed must be > 0 or 'max'")
+    return speed
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    configure_logging("WARNING")
+    console = Console()
+    try:
+        settings = load_settings()
+        speed = _speed(args.speed)
+        model_dir = _model_dir(settings, console)
+    except (IntentStreamError, ValueError) as exc:
+        console.print(f"[red]cannot start the demo:[/] {exc}")
+        return 2
+    source = Path(args.events) if args.events else bundled_sample()
+    env = {"MODEL_DIR": str(model_dir), "WORKER_LOG_LEVEL": "WARNING"}
+    try:
+        with LocalStack(settings, worker_env=env) as stack:
+            console.print(_where(stack))
+            stack.wait_healthy()
+            result = _replay(stack, settings, source, speed, args, console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: everything was shut down[/]")
+        return 130
+    except IntentStreamError as exc:
+        console.print(f"[red]demo failed:[/] {exc}")
+        return 1
+    report.print_table(result)
+    summary = demo_summary(report.report_dict(result))
+    if args.summary_json:
+        Path(args.summary_json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    if not result.done:
+        console.print("[red]not every valid event was reflected in a score before the timeout[/]")
+        return 3
+    return 0
+
+
+def _model_dir(settings: Settings, console: Console) -> Path:
+    if settings.model.dir is not None:
+        return Path(settings.model.dir)
+    from model_export.bundle import default_model_dir
+
+    with console.status("building the model (first run only, then cached)..."):
+        return default_model_dir()
+
+
+def _where(stack: LocalStack) -> Text:
+    broker = "embedded Tansu" if stack.broker else "external Kafka"
+    redis = "embedded Redis" if stack.redis else "external Redis"
+    return Text.assemble(
+        ("intent-stream demo ", "bold"),
+        f"{broker} at {stack.bootstrap_servers}, {redis}, {len(stack.processes)} worker",
+    )
+
+
+def _replay(
+    stack: LocalStack,
+    settings: Settings,
+    source: Path,
+    speed: float | None,
+    args: argparse.Namespace,
+    console: Console,
+) -> report.ReplayResult:
+    kafka = settings.kafka.model_copy(update={"bootstrap_servers": stack.bootstrap_servers})
+    config = ReplayConfig(
+        source=source,
+        kafka=kafka,
+        timing=TimingConfig(speed=speed, limit=args.limit or None, run_tag=_run_tag()),
+        rules=worker_rules(settings),
+        limits=worker_limits(settings),
+        drain_timeout_s=args.timeout,
+        progress_bar=False,
+        lag_group=settings.worker.app_id,
+    )
+    if args.no_live:
+        return run_replay(config, on_progress=_printer(console))
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        return run_replay(config, on_progress=lambda p: live.update(live_view(p, args.top)))
+
+
+def _run_tag() -> str:
+    # Each demo run gets its own session ids, so reruns against the same (external) stack
+    # do not merge into the previous run's windows.
+    return f"#demo{int(time.time()) % 100_000}"
+
+
+def _printer(console: Console) -> Any:
+    last = [0.0]
+
+    def show(progress: ReplayProgress) -> None:
+        if progress.elapsed_s - last[0] >= 2 or not progress.producing:
+            last[0] = progress.elapsed_s
+            s = progress.tracker.summary()
+            console.print(
+                f"{progress.elapsed_s:6.1f}s sent={s.events_sent} valid={s.events_valid} "
+                f"dlq={s.dlq} sessions={s.sessions} scored={s.sessions_scored}"
+            )
+
+    return show
+
+
+def live_view(progress: ReplayProgress, top: int) -> Group:
+    """Header line plus the sessions with the highest intent right now."""
+    s = progress.tracker.summary()
+    header = Text.assemble(
+        (f"{progress.elapsed_s:6.1f}s  ", "dim"),
+        f"sent {s.events_sent}  valid {s.events_valid}  dead-lettered {s.dlq}  ",
+        f"sessions {s.sessions_scored}/{s.sessions} fully scored  ",
+        (f"p50 {s.latency.p50:.0f} ms  p99 {s.latency.p99:.0f} ms" if s.latency.count else ""),
+    )
+    table = Table(title="Sessions most likely to buy", expand=False)
+    for name, justify in (("session", "left"), ("user", "left"), ("score", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("events", justify="right")
+    table.add_column("", justify="left")
+    for view in progress.tracker.top_sessions(top):
+        bar = "█" * round(view.score * 20)
+        table.add_row(
+            view.session_id[:18],
+            view.user_id[:12],
+            f"{view.score:.3f}",
+            f"{view.session_events}/{view.expected_events}",
+            Text(bar, style="green" if view.score >= 0.5 else "yellow"),
+        )
+    return Group(header, table)
+
+
+def demo_summary(report_data: dict[str, Any]) -> dict[str, Any]:
+    """The ``--summary-json`` content: the required keys first, then the full report."""
+    summary = {key: report_data.get(key) for key in SUMMARY_KEYS}
+    return summary | {k: v for k, v in report_data.items() if k not in summary and k != "timeline"}
