@@ -1,0 +1,353 @@
+"""Session store: where session windows live between events.
+
+``SessionStore`` is the protocol the worker uses; ``create_store`` picks the backend from the
+URL (``memory://`` -> ``InMemorySessionStore``, ``redis://`` / ``rediss://`` ->
+``RedisSessionStore``). Both apply exactly the rules of ``stream_app.windows``: the in-memory
+store by calling ``apply_events``, Redis through ``window.lua``.
+
+Redis: one round trip per micro-batch, a non-transactional pipeline of one ``EVALSHA`` per
+touched session; each script call touches only that session's keys (one Cluster slot). If
+the server lost its script cache (restart, ``SCRIPT FLUSH``) the affected calls are re-sent
+after a ``SCRIPT LOAD``. Connection errors are retried by redis-py's own ``Retry``; what
+still fails surfaces as ``StoreUnavailable``. A retried pipeline may re-run scripts that had
+already run: the events then come back as duplicates, and the snapshot is still right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from importlib import resources
+from typing import Any, Protocol, TypeVar
+
+import orjson
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from stream_app.config import RedisSettings
+from stream_app.errors import ConfigError, InvalidEvent, StoreUnavailable
+from stream_app.events import Event
+from stream_app.keys import SessionKeys, session_keys
+from stream_app.windows import (
+    ApplyOutcome,
+    Tallies,
+    WindowRules,
+    WindowSnapshot,
+    WindowState,
+    apply_events,
+    category_of,
+    price_cents,
+)
+
+Clock = Callable[[], int]  # UTC epoch milliseconds
+T = TypeVar("T")
+
+MEMORY_SCHEME = "memory://"
+# Errors worth a retry inside redis-py before we give up and raise StoreUnavailable.
+RETRYABLE_ERRORS: tuple[type[redis_errors.RedisError], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+)
+
+
+class SessionStore(Protocol):
+    async def apply(self, updates: Mapping[str, Sequence[Event]]) -> dict[str, ApplyOutcome]:
+        """Apply each session's events (in the order given); one outcome per session."""
+        ...
+
+    async def get(self, session_id: str) -> WindowSnapshot | None:
+        """The session's current snapshot, or None if it has none (never seen, or expired)."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+def system_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# In memory
+
+
+class InMemorySessionStore:
+    """Sessions in a dict, with the same TTL rule as Redis (gap after the last write)."""
+
+    def __init__(self, rules: WindowRules, clock: Clock = system_clock_ms) -> None:
+        self._rules = rules
+        self._clock = clock
+        # session id -> (state, expires at ms); ordered by last write, so oldest first.
+        self._sessions: OrderedDict[str, tuple[WindowState, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        self._expire(self._clock())
+        return len(self._sessions)
+
+    async def apply(self, updates: Mapping[str, Sequence[Event]]) -> dict[str, ApplyOutcome]:
+        now = self._clock()
+        self._expire(now)
+        return {sid: self._apply_one(sid, events, now) for sid, events in updates.items()}
+
+    def _apply_one(self, session_id: str, events: Sequence[Event], now: int) -> ApplyOutcome:
+        entry = self._sessions.get(session_id)
+        state = entry[0] if entry else WindowState.empty(session_id)
+        outcome = apply_events(state, events, self._rules)
+        if outcome.accepted and outcome.state is not None:
+            self._sessions[session_id] = (outcome.state, now + self._rules.session_gap_ms)
+            self._sessions.move_to_end(session_id)
+        return outcome
+
+    async def get(self, session_id: str) -> WindowSnapshot | None:
+        self._expire(self._clock())
+        entry = self._sessions.get(session_id)
+        return entry[0].snapshot if entry else None
+
+    def _expire(self, now: int) -> None:
+        # Entries are in write order and share one TTL, so expired ones are at the front
+        # (a clock that stepped back only delays expiry, it never drops a live session).
+        while self._sessions:
+            session_id, (_, expires_at) = next(iter(self._sessions.items()))
+            if expires_at > now:
+                return
+            del self._sessions[session_id]
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._sessions.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored event encoding: a compact JSON array without the session id (the key says it).
+
+
+def encode_event(event: Event) -> bytes:
+    return orjson.dumps(
+        [
+            event.event_id, event.event_time_ms, event.event_type, event.user_id,
+            event.product_id, event.category_id, event.category_code, event.brand,
+            event.price, event.query,
+        ]
+    )  # fmt: skip
+
+
+def decode_event(session_id: str, raw: bytes) -> Event:
+    try:
+        fields = orjson.loads(raw)
+        eid, time_ms, etype, user, product, cat_id, cat_code, brand, price, query = fields
+    except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+        raise InvalidEvent("bad_stored_event", str(exc)[:200]) from exc
+    price = None if price is None else float(price)
+    return Event(eid, time_ms, etype, session_id, user, product, cat_id, cat_code, brand, price,
+                 query)  # fmt: skip
+
+
+def script_events_arg(events: Sequence[Event]) -> bytes:
+    """The events argument of ``window.lua``: a JSON array of 9 strings per event."""
+    rows = []
+    for e in events:
+        cents = price_cents(e.price)
+        rows.append(
+            (
+                e.event_id, e.event_id.encode().hex(), str(e.event_time_ms), e.event_type,
+                e.user_id, e.product_id, category_of(e), "" if cents is None else str(cents),
+                encode_event(e).decode(),
+            )
+        )  # fmt: skip
+    return orjson.dumps(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis replies -> snapshot
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def tallies_from_hash(flat: Sequence[bytes | str]) -> tuple[Tallies, str]:
+    """Rebuild the integer tallies (and the user id) from ``HGETALL aggregates``."""
+    h = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    counts = {k[2:]: int(v) for k, v in h.items() if k.startswith("c:")}
+    tallies = Tallies(
+        n_events=int(h.get("n", 0)), counts=counts,
+        first_event_ms=int(h.get("first", 0)), last_event_ms=int(h.get("last", 0)),
+        cart_cents=int(h.get("cart", 0)), price_cents_sum=int(h.get("psum", 0)),
+        price_count=int(h.get("pcnt", 0)), max_price_cents=int(h.get("pmax", 0)),
+    )  # fmt: skip
+    return tallies, h.get("uid", "")
+
+
+def snapshot_from_reply(
+    session_id: str,
+    members: Sequence[bytes],
+    flat: Sequence[bytes | str],
+    n_prod: int,
+    n_cat: int,
+) -> WindowSnapshot:
+    """A snapshot from the window members (``hex(id) json``), the hash and the set sizes."""
+    tallies, user_id = tallies_from_hash(flat)
+    events = tuple(decode_event(session_id, m.partition(b" ")[2]) for m in members)
+    return WindowSnapshot(session_id, user_id, events, tallies.to_aggregates(n_prod, n_cat))
+
+
+def outcome_from_reply(session_id: str, events: Sequence[Event], reply: list[Any]) -> ApplyOutcome:
+    verdicts, joined, flat_json, n_prod, n_cat = reply
+    members = joined.split(b"\n") if joined else []
+    flat = orjson.loads(flat_json)
+    by_verdict: dict[str, list[Event]] = {"a": [], "d": [], "l": [], "o": []}
+    for event, verdict in zip(events, _text(verdicts), strict=True):
+        by_verdict[verdict].append(event)
+    return ApplyOutcome(
+        snapshot=snapshot_from_reply(session_id, members, flat, n_prod, n_cat),
+        accepted=tuple(by_verdict["a"]),
+        duplicates=tuple(by_verdict["d"]),
+        late=tuple(by_verdict["l"]),
+        overflow=tuple(by_verdict["o"]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis
+
+
+def _load_script() -> bytes:
+    return resources.files("stream_app").joinpath("window.lua").read_bytes()
+
+
+class RedisSessionStore:
+    """Session windows in Redis; ``window.lua`` applies the rules server-side."""
+
+    def __init__(self, client: Redis, rules: WindowRules, key_prefix: str = "is") -> None:
+        self._client = client
+        self._rules = rules
+        self._prefix = key_prefix
+        self._script = _load_script()
+        self._sha = hashlib.sha1(self._script, usedforsecurity=False).hexdigest()
+        self._header = [str(rules.max_events), str(rules.session_gap_ms), str(rules.max_seen_ids)]
+
+    def keys(self, session_id: str) -> SessionKeys:
+        return session_keys(self._prefix, session_id)
+
+    async def apply(self, updates: Mapping[str, Sequence[Event]]) -> dict[str, ApplyOutcome]:
+        if not updates:
+            return {}
+        try:
+            replies = await self._run_scripts(updates)
+            lost = [sid for sid, r in replies.items() if isinstance(r, redis_errors.NoScriptError)]
+            if lost:  # script cache lost: load it once, re-send only those calls
+                await self._client.script_load(self._script)
+                replies.update(await self._run_scripts({sid: updates[sid] for sid in lost}))
+        except redis_errors.RedisError as exc:
+            raise StoreUnavailable(f"redis apply failed: {exc}") from exc
+        return {sid: self._outcome(sid, updates[sid], reply) for sid, reply in replies.items()}
+
+    async def _run_scripts(self, todo: Mapping[str, Sequence[Event]]) -> dict[str, Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for sid, events in todo.items():
+            keys = self.keys(sid).all()
+            pipe.evalsha(self._sha, len(keys), *keys, *self._header, script_events_arg(events))
+        results = await pipe.execute(raise_on_error=False)
+        return dict(zip(todo, results, strict=True))
+
+    def _outcome(self, session_id: str, events: Sequence[Event], reply: Any) -> ApplyOutcome:
+        if isinstance(reply, Exception):
+            raise StoreUnavailable(f"window script failed: {reply}") from reply
+        return outcome_from_reply(session_id, events, reply)
+
+    async def get(self, session_id: str) -> WindowSnapshot | None:
+        keys = self.keys(session_id)
+        try:
+            pipe = self._client.pipeline(transaction=True)  # one slot, consistent read
+            pipe.zrange(keys.window, 0, -1)
+            pipe.hgetall(keys.aggregates)
+            pipe.scard(keys.products)
+            pipe.scard(keys.categories)
+            members, agg, n_prod, n_cat = await pipe.execute()
+        except redis_errors.RedisError as exc:
+            raise StoreUnavailable(f"redis get failed: {exc}") from exc
+        if not agg:
+            return None
+        flat = [x for kv in agg.items() for x in kv]
+        return snapshot_from_reply(session_id, members, flat, n_prod, n_cat)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except redis_errors.RedisError:
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# Construction
+
+
+# A wrong password or a missing ACL permission does not heal with time: never retried.
+CREDENTIAL_ERRORS = (redis_errors.AuthenticationError, redis_errors.AuthorizationError)
+
+
+class StoreRetry(Retry):
+    """redis-py's ``Retry`` (backoff, count, supported errors), minus credential errors,
+    which redis-py files under ``ConnectionError``."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, CREDENTIAL_ERRORS):
+                return False
+            return is_retryable is None or is_retryable(error)
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def redis_client(settings: RedisSettings) -> Redis:
+    """A redis.asyncio client from settings: TLS for ``rediss://``, retries as a value."""
+    url = settings.url.strip()
+    retry = StoreRetry(
+        ExponentialBackoff(cap=settings.backoff_cap_s, base=settings.backoff_base_s),
+        settings.retries,
+        supported_errors=RETRYABLE_ERRORS,
+    )
+    options: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.socket_timeout_s,
+        "retry": retry,
+    }
+    if settings.username:
+        options["username"] = settings.username
+    if password := settings.password.get_secret_value():
+        options["password"] = password
+    if url.startswith("rediss://"):
+        tls = {
+            "ssl_ca_certs": settings.ssl_ca_certs,
+            "ssl_certfile": settings.ssl_certfile,
+            "ssl_keyfile": settings.ssl_keyfile,
+        }
+        options |= {k: str(v) for k, v in tls.items() if v is not None}
+    return Redis.from_url(url, **options)
+
+
+def create_store(settings: RedisSettings, rules: WindowRules) -> SessionStore:
+    """The store ``settings.url`` names: ``memory://`` or ``redis://`` / ``rediss://``."""
+    url = settings.url.strip()
+    if url.startswith(MEMORY_SCHEME):
+        return InMemorySessionStore(rules)
+    if not url.startswith(("redis://", "rediss://")):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or memory://")
+    return RedisSessionStore(redis_client(settings), rules, settings.key_prefix)
