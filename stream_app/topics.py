@@ -1,0 +1,186 @@
+"""Topic administration and a read-everything helper (confluent-kafka).
+
+``ensure_topics`` is idempotent: topics that already exist are left as they are (a smaller
+partition count than asked for is logged, never changed: repartitioning a keyed topic moves
+sessions between partitions). ``read_all`` counts messages by *reading* them, because the
+embedded Tansu broker's reported high watermarks can lag behind what it has stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+from stream_app.config import KafkaSettings
+from stream_app.errors import TransientError
+
+log = logging.getLogger(__name__)
+
+ClientConfig = dict[str, str | int | float | bool]
+
+
+class TopicsNotReady(TransientError):
+    """Topics did not appear (with leaders for every partition) in time."""
+
+
+def security_config(settings: KafkaSettings) -> ClientConfig:
+    """librdkafka security settings (``security.protocol``, SASL, TLS files) from settings."""
+    config: ClientConfig = {"security.protocol": settings.security_protocol.lower()}
+    if settings.security_protocol.startswith("SASL"):
+        config |= {
+            "sasl.mechanism": settings.sasl_mechanism,
+            "sasl.username": settings.sasl_username,
+            "sasl.password": settings.sasl_password.get_secret_value(),
+        }
+    tls_files = {
+        "ssl.ca.location": settings.ssl_cafile,
+        "ssl.certificate.location": settings.ssl_certfile,
+        "ssl.key.location": settings.ssl_keyfile,
+    }
+    config |= {key: str(path) for key, path in tls_files.items() if path is not None}
+    return config
+
+
+def _client_config(
+    bootstrap: str, extra: Mapping[str, str | int | float | bool] | None
+) -> ClientConfig:
+    return {"bootstrap.servers": bootstrap, **(extra or {})}
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    replication_factor: int = 1,
+    *,
+    config: Mapping[str, str | int | float | bool] | None = None,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create the missing ``topics`` (name -> partitions) and wait until all are visible."""
+    admin = AdminClient(_client_config(bootstrap, config))
+    existing = admin.list_topics(timeout=timeout_s).topics
+    for name, partitions in topics.items():
+        if name in existing and len(existing[name].partitions) < partitions:
+            log.warning(
+                "topic %s has %d partitions, fewer than the %d configured; not changing it",
+                name, len(existing[name].partitions), partitions,
+            )  # fmt: skip
+    missing = [
+        NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+        for name, partitions in topics.items()
+        if name not in existing
+    ]
+    if missing:
+        _create(admin, missing, timeout_s)
+    wait_for_topics(bootstrap, topics, config=config, timeout_s=timeout_s)
+
+
+def _create(admin: AdminClient, new_topics: list[NewTopic], timeout_s: float) -> None:
+    futures = admin.create_topics(
+        new_topics, operation_timeout=timeout_s, request_timeout=timeout_s
+    )
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            # Another worker (or the topic-init job) may have won the race: that is fine.
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def wait_for_topics(
+    bootstrap: str,
+    topics: Iterable[str],
+    *,
+    config: Mapping[str, str | int | float | bool] | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, int]:
+    """Poll metadata until every topic exists with a leader per partition; name -> partitions."""
+    names = set(topics)
+    admin = AdminClient(_client_config(bootstrap, config))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready = _ready_topics(admin.list_topics(timeout=timeout_s), names)
+        if len(ready) == len(names):
+            return ready
+        if time.monotonic() >= deadline:
+            raise TopicsNotReady(
+                f"topics not ready after {timeout_s:.0f} s: {names - ready.keys()}"
+            )
+        time.sleep(0.2)
+
+
+def _ready_topics(metadata: ClusterMetadata, names: set[str]) -> dict[str, int]:
+    ready: dict[str, int] = {}
+    for name in names:
+        topic = metadata.topics.get(name)
+        if topic is None or topic.error is not None or not topic.partitions:
+            continue
+        if all(p.leader >= 0 and p.error is None for p in topic.partitions.values()):
+            ready[name] = len(topic.partitions)
+    return ready
+
+
+def read_all(
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 30.0,
+    expected: int | None = None,
+    *,
+    idle_s: float = 3.0,
+    config: Mapping[str, str | int | float | bool] | None = None,
+) -> list[Message]:
+    """Every message of ``topic`` from the beginning of all its partitions.
+
+    Uses ``assign()`` (no consumer-group join, so no rebalance delay). Stops when
+    ``expected`` messages have been read, or, when ``expected`` is None, after ``idle_s``
+    without a new message; never later than ``timeout_s``.
+    """
+    partitions = wait_for_topics(bootstrap, [topic], config=config, timeout_s=timeout_s)[topic]
+    consumer = Consumer(
+        _client_config(bootstrap, config)
+        | {
+            "group.id": f"read-all-{uuid.uuid4().hex}",  # librdkafka wants one even for assign
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        return _drain(consumer, timeout_s, expected, idle_s)
+    finally:
+        consumer.close()
+
+
+def _drain(
+    consumer: Consumer, timeout_s: float, expected: int | None, idle_s: float
+) -> list[Message]:
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    last_message_at = time.monotonic()
+    while time.monotonic() < deadline:
+        if expected is not None and len(messages) >= expected:
+            break
+        if expected is None and time.monotonic() - last_message_at > idle_s:
+            break
+        batch = consumer.consume(num_messages=1000, timeout=0.2)
+        good = [m for m in batch if m.error() is None]
+        for message in batch:
+            if message.error() is not None:
+                log.warning("read_all: %s", message.error())
+        if good:
+            messages.extend(good)
+            last_message_at = time.monotonic()
+    return messages
