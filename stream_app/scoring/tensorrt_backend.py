@@ -1,0 +1,152 @@
+"""TensorRT backend: a serialized engine with one optimization profile per bucket.
+
+The engine (built by ``model_export.tensorrt_build``) lives in the model directory next to
+the ONNX graph it came from; ``metadata.json["tensorrt"]`` lists its profiles. Device buffers
+are torch CUDA tensors, so no extra CUDA binding package is needed. ``tensorrt`` is imported
+only when this backend is chosen; without it, or without CUDA, loading is a
+``ModelLoadError`` that says what is missing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stream_app.errors import ModelLoadError
+from stream_app.scoring.model_dir import load_metadata
+from stream_app.scoring.preprocess import EncodedBatch, Preprocessor, score_batches
+
+if TYPE_CHECKING:
+    from stream_app.windows import WindowSnapshot
+
+INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "features")
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """Shape range of one optimization profile: batch in [min, max] at exactly ``tokens``."""
+
+    tokens: int
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+
+    def covers(self, rows: int, tokens: int) -> bool:
+        return tokens == self.tokens and self.min_batch <= rows <= self.max_batch
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def profiles_from_metadata(raw: dict[str, Any]) -> list[EngineProfile]:
+    try:
+        return [EngineProfile(**{k: int(v) for k, v in p.items()}) for p in raw["profiles"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"invalid tensorrt profiles in metadata: {exc!r}") from exc
+
+
+def profile_for(profiles: Sequence[EngineProfile], rows: int, tokens: int) -> int:
+    """Index of the narrowest profile that covers (rows, tokens)."""
+    fitting = [i for i, p in enumerate(profiles) if p.covers(rows, tokens)]
+    if not fitting:
+        raise ValueError(f"no TensorRT profile covers batch {rows} x {tokens} tokens")
+    return min(fitting, key=lambda i: profiles[i].max_batch - profiles[i].min_batch)
+
+
+def import_tensorrt() -> ModuleType:
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise ModelLoadError(
+            "TensorRT engines need the `tensorrt` package (pip install 'intent-stream[gpu]')"
+        ) from exc
+    return tensorrt
+
+
+def _require_cuda(device: str) -> Any:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelLoadError("MODEL_BACKEND=tensorrt needs a CUDA GPU; none is available")
+    resolved = torch.device(device if device.startswith("cuda") else "cuda")
+    return resolved
+
+
+def load_engine(trt: ModuleType, path: Path) -> Any:
+    if not path.is_file():
+        raise ModelLoadError(
+            f"no TensorRT engine at {path}: run `python -m model_export.tensorrt_build build "
+            f"--model-dir {path.parent}` on this GPU"
+        )
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:  # wrong TensorRT version or GPU architecture, or a corrupt file
+        raise ModelLoadError(f"cannot deserialize TensorRT engine {path} (built elsewhere?)")
+    return engine
+
+
+class TensorRTScorer:
+    """Synchronous; one execution context per profile, created on first use."""
+
+    def __init__(self, model_dir: Path, device: str = "cuda") -> None:
+        import torch
+
+        trt = import_tensorrt()
+        self.device = _require_cuda(device)
+        self.metadata = load_metadata(model_dir)
+        info = self.metadata.tensorrt
+        if not info:
+            raise ModelLoadError(f"{model_dir}: metadata has no tensorrt section; build engines")
+        self.profiles = profiles_from_metadata(info)
+        self.engine = load_engine(trt, Path(model_dir) / str(info.get("engine", "model.plan")))
+        self.preprocessor = Preprocessor(model_dir, self.metadata)
+        self.stream = torch.cuda.Stream(device=self.device)
+        self._contexts: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self.model_version = f"{self.metadata.model_version}-tensorrt-{info.get('precision', '')}"
+        self.max_tokens = self.metadata.max_tokens
+
+    def _context(self, index: int) -> Any:
+        context = self._contexts.get(index)
+        if context is None:
+            context = self.engine.create_execution_context()
+            context.set_optimization_profile_async(index, self.stream.cuda_stream)
+            self._contexts[index] = context
+        return context
+
+    def _run(self, batch: EncodedBatch) -> np.ndarray:
+        import torch
+
+        rows, tokens = batch.shape
+        context = self._context(profile_for(self.profiles, rows, tokens))
+        arrays = (batch.input_ids, batch.attention_mask, batch.features)
+        with torch.cuda.stream(self.stream):
+            tensors = [torch.from_numpy(a).to(self.device, non_blocking=True) for a in arrays]
+            out = torch.empty(rows, dtype=torch.float32, device=self.device)
+            for name, tensor in zip(INPUTS, tensors, strict=True):
+                context.set_input_shape(name, tuple(tensor.shape))
+                context.set_tensor_address(name, tensor.data_ptr())
+            context.set_tensor_address("probability", out.data_ptr())
+            if not context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execution failed for shape {batch.shape}")
+            result = out.cpu()  # synchronises the stream
+        return np.asarray(result.numpy(), dtype=np.float32)
+
+    def score_encoded(self, batches: Sequence[EncodedBatch]) -> np.ndarray:
+        with self._lock:
+            return score_batches(batches, self._run)
+
+    def score(self, snapshots: Sequence[WindowSnapshot]) -> np.ndarray:
+        if not snapshots:
+            return np.zeros(0, dtype=np.float32)
+        return self.score_encoded(self.preprocessor.encode(snapshots))
+
+    def close(self) -> None:
+        self._contexts.clear()
+        self.engine = None
