@@ -37,9 +37,15 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _build_model(args: argparse.Namespace) -> int:
-    from model_export.bundle import main_build_model
+    from pathlib import Path
 
-    return main_build_model(args)
+    from model_export.bundle import build_model_dir
+    from stream_app.logs import configure_logging
+
+    configure_logging("INFO")
+    out = Path(args.out) if args.out else None
+    print(build_model_dir(out_dir=out, force=args.force))
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
