@@ -14,7 +14,9 @@ CONTRACT: ``forward(input_ids int64[B,T], attention_mask int64[B,T], features fl
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +35,12 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 class IntentModel(nn.Module):
+    # Buffers (declared so type checkers know they are tensors, not sub-modules).
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+    platt_a: torch.Tensor
+    platt_b: torch.Tensor
+
     def __init__(
         self,
         encoder: PreTrainedModel,
@@ -67,3 +75,69 @@ class IntentModel(nn.Module):
     ) -> torch.Tensor:
         logit = self.logits(input_ids, attention_mask, features)
         return torch.sigmoid(self.platt_a * logit + self.platt_b)
+
+
+# ---------------------------------------------------------------------------- weights I/O
+#
+# The committed weights are only the small trained parts: the LoRA adapter (or, for full
+# fine-tuning, the whole encoder, which is too big to commit), the head and the buffers.
+# ``load_trained_model`` rebuilds the full model from the base encoder deterministically.
+
+HEAD_FILE = "head.safetensors"
+ADAPTER_FILE = "adapter_model.safetensors"
+ENCODER_FILE = "encoder.safetensors"
+METADATA_FILE = "metadata.json"
+_HEAD_BUFFERS = ("feature_mean", "feature_std", "platt_a", "platt_b")
+
+
+def _head_state(model: IntentModel) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    keys = [k for k in state if k.startswith("head.") or k in _HEAD_BUFFERS]
+    return {k: state[k].detach().contiguous().clone() for k in keys}
+
+
+def save_weights(model: IntentModel, out_dir: Path, metadata: dict[str, Any], lora: bool) -> None:
+    """Write head + buffers, the LoRA adapter (or full encoder) and ``metadata.json``."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(_head_state(model), str(out_dir / HEAD_FILE))
+    if lora:
+        adapter = get_peft_model_state_dict(model.encoder)
+        save_file({k: v.contiguous() for k, v in adapter.items()}, str(out_dir / ADAPTER_FILE))
+    else:
+        encoder = {k: v.contiguous() for k, v in model.encoder.state_dict().items()}
+        save_file(encoder, str(out_dir / ENCODER_FILE))
+    text = json.dumps(metadata, indent=2, sort_keys=True, default=float)
+    (out_dir / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+def _merged_lora_encoder(encoder_dir: str | Path, weights: Path, spec: dict[str, Any]) -> nn.Module:
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    config = LoraConfig(r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
+                        target_modules=spec["target_modules"], bias="none")  # fmt: skip
+    wrapped = get_peft_model(load_encoder(encoder_dir), config)
+    set_peft_model_state_dict(wrapped, load_file(str(weights / ADAPTER_FILE)))
+    return wrapped.merge_and_unload()  # plain BertModel again: nothing peft-specific to export
+
+
+def load_trained_model(weights_dir: str | Path, encoder_dir: str | Path) -> IntentModel:
+    """Base encoder + committed weights → full ``IntentModel`` (LoRA merged, eval mode)."""
+    from safetensors.torch import load_file
+
+    weights = Path(weights_dir)
+    metadata = json.loads((weights / METADATA_FILE).read_text(encoding="utf-8"))
+    if metadata.get("lora"):
+        encoder = _merged_lora_encoder(encoder_dir, weights, metadata["lora"])
+    else:
+        encoder = load_encoder(encoder_dir)
+        encoder.load_state_dict(load_file(str(weights / ENCODER_FILE)))
+    model = IntentModel(encoder, n_features=len(metadata["feature_names"]),  # type: ignore[arg-type]
+                        hidden=int(metadata.get("head_hidden", 128)))  # fmt: skip
+    missing = model.load_state_dict(load_file(str(weights / HEAD_FILE)), strict=False)
+    if missing.unexpected_keys or any(not k.startswith("encoder.") for k in missing.missing_keys):
+        raise ValueError(f"head weights do not match the model: {missing}")
+    return model.eval()

@@ -49,15 +49,15 @@ def _build_model(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model_export.train import main_train
+    from model_export.train import main as main_train
 
-    return main_train(args)
+    return main_train(args.argv)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from model_export.evaluate import main_evaluate
+    from model_export.evaluate import run_evaluate_cli
 
-    return main_evaluate(args)
+    return run_evaluate_cli(args.argv)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import BUNDLED_SAMPLE, SHARED_REES46
+from tests.shared_data import BUNDLED_SAMPLE, SHARED_REES46
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,6 @@ from stream_app.sources import iter_messages
 from stream_app.topics import read_all
 from stream_app.windows import WindowRules, expected_window
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_REES46 = REPO.parent / "shared/data/rees46_multicategory/2019-Oct_head_users_a.csv"
-BUNDLED_SAMPLE = REPO / "stream_app/demo_data/rees46_2019-Oct_sample.csv"
-
 
 def stack_settings(
     kafka_bootstrap: str, redis_url: str, name: str, partitions: int = 4

@@ -16,7 +16,8 @@ def env_names() -> set[str]:
     names = set()
     for field in Settings.model_fields.values():
         group = field.annotation
-        assert isinstance(group, type) and issubclass(group, BaseSettings)
+        assert isinstance(group, type)
+        assert issubclass(group, BaseSettings)
         prefix = group.model_config.get("env_prefix", "")
         names |= {f"{prefix}{name}".upper() for name in group.model_fields}
     return names

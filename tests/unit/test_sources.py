@@ -20,8 +20,9 @@ from stream_app.sources import (
     iter_rees46_csv,
     rees46_row_to_message,
 )
+from tests.shared_data import SHARED_DATA
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 MULTI = DATA / "rees46_multicategory" / "2019-Oct_head_users_a.csv"
 COSMETICS = DATA / "rees46_cosmetics" / "2019-Dec_head100.csv"
 DIGINETICA = DATA / "diginetica"

@@ -1,0 +1,133 @@
+"""The shared session → model encoding: deterministic, aligned names, event times only."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from model_export.data import snapshots_for_session
+from stream_app.events import Event
+from stream_app.features import (
+    FEATURE_NAMES,
+    behaviour_features,
+    behaviour_matrix,
+    event_text,
+    price_bucket,
+    session_text,
+)
+from stream_app.windows import WindowRules, WindowSnapshot
+
+T0 = 1_569_888_000_000  # 2019-10-01T00:00:00Z
+
+
+def ev(i: int, kind: str, seconds: int, price: float | None = 100.0, **kw: str) -> Event:
+    fields = {"product_id": f"p{i % 3}", "category_id": f"c{i % 2}", **kw}
+    return Event(event_id=f"e{i}", event_time_ms=T0 + seconds * 1000, event_type=kind,
+                 user_session="s1", user_id="u1", price=price, **fields)  # fmt: skip
+
+
+def snapshot(events: list[Event], max_events: int = 50) -> WindowSnapshot:
+    return snapshots_for_session(events, WindowRules(max_events=max_events))[-1]
+
+
+SESSION = [
+    ev(0, "view", 0, 250.0, category_code="electronics.smartphone", brand="samsung"),
+    ev(1, "view", 30, 40.0, category_code="apparel.shoes", brand=""),
+    ev(2, "cart", 90, 250.0, category_code="electronics.smartphone", brand="samsung"),
+    ev(3, "remove_from_cart", 100, 250.0),
+    ev(4, "view", 160, None, category_code="kids.toys"),
+]
+
+
+def feature(snap: WindowSnapshot, name: str) -> float:
+    return float(behaviour_features(snap)[FEATURE_NAMES.index(name)])
+
+
+def test_vector_matches_names_and_is_float32() -> None:
+    vec = behaviour_features(snapshot(SESSION))
+    assert vec.shape == (len(FEATURE_NAMES),)
+    assert vec.dtype == np.float32
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
+    assert np.all(np.isfinite(vec))
+
+
+def test_deterministic_and_batch_equals_rows() -> None:
+    snap = snapshot(SESSION)
+    np.testing.assert_array_equal(behaviour_features(snap), behaviour_features(snap))
+    matrix = behaviour_matrix([snap, snapshot(SESSION[:2])])
+    np.testing.assert_array_equal(matrix[1], behaviour_features(snapshot(SESSION[:2])))
+    assert behaviour_matrix([]).shape == (0, len(FEATURE_NAMES))
+
+
+def test_uses_event_times_only_not_the_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = behaviour_features(snapshot(SESSION))
+    text = session_text(snapshot(SESSION))
+
+    def no_clock() -> float:
+        raise AssertionError("features must not read the wall clock")
+
+    monkeypatch.setattr(time, "time", no_clock)
+    monkeypatch.setattr(time, "time_ns", no_clock)
+    # Shifting the whole session by ten days changes nothing: only time differences count.
+    shifted = [replace(e, event_time_ms=e.event_time_ms + 10 * 86_400_000) for e in SESSION]
+    np.testing.assert_array_equal(behaviour_features(snapshot(shifted)), before)
+    assert session_text(snapshot(shifted)) == text
+
+
+def test_counts_timing_and_cart_values() -> None:
+    snap = snapshot(SESSION)
+    assert feature(snap, "log_n_events") == pytest.approx(math.log1p(5))
+    assert feature(snap, "log_n_view") == pytest.approx(math.log1p(3))
+    assert feature(snap, "log_n_cart") == pytest.approx(math.log1p(1))
+    assert feature(snap, "has_cart") == 1.0
+    assert feature(snap, "log_cart_value") == 0.0  # 250 added then removed
+    assert feature(snap, "log_duration_s") == pytest.approx(math.log1p(160), rel=1e-6)
+    assert feature(snap, "log_since_prev_event_s") == pytest.approx(math.log1p(60), rel=1e-6)
+    assert feature(snap, "log_max_price") == pytest.approx(math.log1p(250), rel=1e-6)
+    # The newest event has no price: "last price" is the newest known one.
+    assert feature(snap, "log_last_price") == pytest.approx(math.log1p(250), rel=1e-6)
+    assert feature(snapshot(SESSION[:3]), "last_is_cart") == 1.0
+
+
+def test_single_event_session_is_finite() -> None:
+    snap = snapshot(SESSION[:1])
+    assert feature(snap, "log_since_prev_event_s") == 0.0
+    assert feature(snap, "log_duration_s") == 0.0
+    assert np.all(np.isfinite(behaviour_features(WindowSnapshot("s", "u"))))
+
+
+def test_session_text_is_newest_first_and_bounded() -> None:
+    text = session_text(snapshot(SESSION), max_events=3)
+    expected = [
+        "view kids toys",
+        "remove from cart $200-500",
+        "cart electronics smartphone samsung $200-500",
+    ]
+    assert text.split(" | ") == expected
+    assert session_text(snapshot(SESSION), max_events=0) == ""
+    assert session_text(WindowSnapshot("s", "u")) == ""
+
+
+def test_session_text_uses_the_window_only() -> None:
+    # A 2-event window: the aggregates still count all 5 events, the text shows 2.
+    snap = snapshot(SESSION, max_events=2)
+    assert session_text(snap, max_events=8).count("|") == 1
+    assert feature(snap, "log_n_events") == pytest.approx(math.log1p(5))
+
+
+@pytest.mark.parametrize(
+    ("price", "bucket"),
+    [(None, ""), (-1.0, ""), (float("nan"), ""), (0.0, "$0-10"), (9.99, "$0-10"),
+     (10.0, "$10-50"), (499.0, "$200-500"), (1000.0, "$1000+")],
+)  # fmt: skip
+def test_price_buckets(price: float | None, bucket: str) -> None:
+    assert price_bucket(price) == bucket
+
+
+def test_event_text_includes_query() -> None:
+    search = Event("q1", T0, "search", "s1", query="red running shoes")
+    assert event_text(search) == "search red running shoes"
