@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream_app.errors import ConfigError
@@ -163,5 +163,10 @@ def load_settings() -> Settings:
     """Read settings from the environment, turning validation errors into a ``ConfigError``."""
     try:
         return Settings()
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        raise ConfigError(f"invalid configuration: {exc}") from exc
+    except ValidationError as exc:
+        # Name the variable and the rule, never the rejected value: it may be a secret.
+        problems = "; ".join(
+            f"{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

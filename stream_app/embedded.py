@@ -308,11 +308,13 @@ def _binary_in_package(package: str, names: Sequence[str]) -> str | None:
 
 
 class EmbeddedRedis(_ServerProcess):
-    """A throw-away ``redis-server`` on 127.0.0.1 (no persistence).
+    """A throw-away ``redis-server`` on 127.0.0.1 (memory only unless ``persistent``).
 
     The port is chosen once, so ``stop()`` followed by ``start()`` comes back on the same
-    port and ``url`` stays valid (fault tests rely on this). Secrets go into a 0600 config
-    file, never onto the command line or into the logs.
+    port and ``url`` stays valid (fault tests rely on this). ``persistent=True`` turns on the
+    append-only file (fsync on every write) in ``log_dir``, so data survives that restart as it
+    would in production. Secrets go into a 0600 config file, never onto the command line or
+    into the logs.
     """
 
     name = "redis"
@@ -325,6 +327,7 @@ class EmbeddedRedis(_ServerProcess):
         username: str | None = None,
         tls: TlsFiles | None = None,
         require_client_cert: bool = False,
+        persistent: bool = False,
         binary: str | None = None,
         log_dir: Path | None = None,
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
@@ -337,6 +340,7 @@ class EmbeddedRedis(_ServerProcess):
         self.username = username
         self.tls = tls
         self.require_client_cert = require_client_cert
+        self.persistent = persistent
         self._config_path = self.log_dir / "redis.conf"
 
     @property
@@ -356,7 +360,10 @@ class EmbeddedRedis(_ServerProcess):
 
     def _command(self) -> list[str]:
         self._write_config()
-        flags = {"--bind": LOOPBACK, "--save": "", "--appendonly": "no", "--daemonize": "no"}
+        appendonly = "yes" if self.persistent else "no"
+        flags = {"--bind": LOOPBACK, "--save": "", "--appendonly": appendonly, "--daemonize": "no"}
+        if self.persistent:
+            flags["--appendfsync"] = "always"
         flags |= {"--logfile": "", "--dir": str(self.log_dir), "--port": str(self.port)}
         if self.tls is not None:
             flags |= {"--port": "0", "--tls-port": str(self.port)}
