@@ -6,8 +6,8 @@ in-memory store and a real scorer, no broker needed.
 
 Delivery: a message is acknowledged (so its offset may be committed) only after
 * its event is durable in the session store AND a score covering it was acknowledged by the
-  broker, or
-* it was a duplicate (already durable), or
+  broker (a duplicate event, already in the window, waits for a fresh score of that window
+  too: after a crash we cannot tell whether the first score got out), or
 * its dead letter was acknowledged by the broker.
 A crash before that re-delivers the message; re-applying it is a no-op (dedup by event id), so
 windows are effectively-once and only a score message can be duplicated.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,7 +27,13 @@ import numpy as np
 import orjson
 
 from stream_app import metrics
-from stream_app.batching import PendingEntry, PendingScores, group_by_session
+from stream_app.batching import (
+    PendingEntry,
+    PendingScores,
+    group_by_session,
+    length_sorted_chunks,
+    time_bounded_limit,
+)
 from stream_app.config import Settings
 from stream_app.dlq import dead_letter_record
 from stream_app.errors import InvalidEvent, StoreUnavailable
@@ -43,6 +49,14 @@ log = logging.getLogger(__name__)
 # Dead letters carry the whole rejected message (up to the 1 MiB hostile-input probe, cut with
 # its size and sha256 beyond). Stay under the producer's default max request (1,000,000 B).
 DLQ_MAX_RECORD_BYTES = 960_000
+# Sessions per model call inside one scoring batch, grouped by window length (see
+# ``batching.length_sorted_chunks``): small enough that short windows get their own short
+# sequence bucket, large enough that CPU matmuls stay efficient.
+SCORE_CHUNK = 16
+# The pending queue holds at most about this many seconds of scoring work (measured), within
+# [2 x max_score_batch, BATCH_MAX_PENDING_SESSIONS]; see ``batching.time_bounded_limit``.
+PENDING_TARGET_S = 5.0
+RATE_SMOOTHING = 0.2  # weight of the newest batch in the scoring-rate average
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +138,7 @@ class Pipeline:
         self._store_backoff = Backoff(settings.redis.backoff_base_s, settings.redis.backoff_cap_s)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.health = Health()
+        self.scoring_rate_per_s: float | None = None  # sessions/s, smoothed over batches
 
     # ---------------------------------------------------------------- ingest stage
     async def ingest(self, messages: Sequence[InMessage]) -> None:
@@ -140,14 +155,12 @@ class Pipeline:
             rejected = [(messages_by_event[id(e)], e, why) for e, why in outcome.rejected]
             letters.extend(self._letter(m, why, _rejected_detail(e, why)) for m, e, why in rejected)
             settled.extend(m for m, _, _ in rejected)
-            settled.extend(messages_by_event[id(e)] for e in outcome.duplicates)
-            metrics.EVENTS_IN.labels("late").inc(len(outcome.late))
-            metrics.EVENTS_IN.labels("overflow").inc(len(outcome.overflow))
-            metrics.EVENTS_IN.labels("duplicate").inc(len(outcome.duplicates))
-            metrics.EVENTS_IN.labels("valid").inc(len(outcome.accepted))
-            waiting = [messages_by_event[id(e)] for e in outcome.accepted]
+            # Duplicates are re-deliveries (e.g. after a crash between the window update and
+            # its score): the window ignores them, but they still wait for a score of it.
+            waiting = [messages_by_event[id(e)] for e in (*outcome.accepted, *outcome.duplicates)]
             if waiting:
                 entries.append((session_id, _entry(outcome.snapshot, waiting)))
+        _count_outcomes(outcomes.values())
         if letters:
             await self._publish_dead_letters(letters)
         await self._queue(entries)
@@ -262,17 +275,42 @@ class Pipeline:
         for attempt in range(self.settings.model.retries + 1):
             started = time.perf_counter()
             try:
-                future = loop.run_in_executor(self._executor, self.scorer.score, snapshots)
+                future = loop.run_in_executor(self._executor, self._score_by_length, snapshots)
                 result = await asyncio.wait_for(future, timeout)
             except Exception as exc:  # any backend failure: retry, then dead-letter
                 metrics.SCORING_FAILURES.inc()
                 log.warning("inference failed (attempt %d): %r", attempt + 1, exc)
                 self.health.extra["last_scoring_error"] = repr(exc)
                 continue
-            metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            metrics.INFERENCE_SECONDS.observe(elapsed)
+            self._observe_scoring_rate(len(snapshots), elapsed)
             metrics.SCORE_BATCH_SIZE.observe(len(snapshots))
             return np.asarray(result, dtype=np.float64)
         return None
+
+    def _observe_scoring_rate(self, sessions: int, seconds: float) -> None:
+        """Track sessions/s and re-bound the pending queue to ``PENDING_TARGET_S`` of work."""
+        rate = sessions / max(seconds, 1e-6)
+        previous = self.scoring_rate_per_s
+        self.scoring_rate_per_s = (
+            rate if previous is None else ((1 - RATE_SMOOTHING) * previous + RATE_SMOOTHING * rate)
+        )
+        batch = self.settings.batch
+        self.pending.max_sessions = time_bounded_limit(
+            self.scoring_rate_per_s,
+            PENDING_TARGET_S,
+            floor=2 * batch.max_score_batch,
+            cap=batch.max_pending_sessions,
+        )
+
+    def _score_by_length(self, snapshots: list[WindowSnapshot]) -> np.ndarray:
+        """Score in chunks of similar window length (runs in the scorer thread)."""
+        lengths = [len(snapshot.events) for snapshot in snapshots]
+        probabilities = np.empty(len(snapshots), dtype=np.float64)
+        for chunk in length_sorted_chunks(lengths, SCORE_CHUNK):
+            probabilities[chunk] = self.scorer.score([snapshots[i] for i in chunk])
+        return probabilities
 
     async def _publish(
         self, taken: list[tuple[str, PendingEntry[InMessage]]], probabilities: np.ndarray
@@ -343,6 +381,20 @@ def _entry(snapshot: WindowSnapshot, waiting: list[InMessage]) -> PendingEntry[I
         oldest_ingest_ms=min(stamps),
         newest_ingest_ms=max(stamps),
     )
+
+
+def _count_outcomes(outcomes: Iterable[Any]) -> None:
+    """Count a whole batch's outcomes at once (a labelled counter costs a lookup per call)."""
+    late = overflow = duplicate = valid = 0
+    for outcome in outcomes:
+        late += len(outcome.late)
+        overflow += len(outcome.overflow)
+        duplicate += len(outcome.duplicates)
+        valid += len(outcome.accepted)
+    for result, count in (("late", late), ("overflow", overflow), ("duplicate", duplicate)):
+        if count:
+            metrics.EVENTS_IN.labels(result).inc(count)
+    metrics.EVENTS_IN.labels("valid").inc(valid)
 
 
 def _rejected_detail(event: Event, reason: str) -> str:
