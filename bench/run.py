@@ -1,4 +1,4 @@
-"""``python -m bench.run --report-json PATH``: the whole performance benchmark in one run.
+"""``python bench/run.py --report-json PATH``: the whole performance benchmark in one run.
 
 One embedded broker + Redis; one backlog of N events (a REES46 log looped) preloaded into an
 events topic; then, each with its own consumer group over that same backlog:
@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +27,9 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Producer
+
+if __package__ in (None, ""):  # run as `python bench/run.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import model as model_bench
 from bench.data import default_log, looped_messages, preload
