@@ -10,12 +10,16 @@ import numpy as np
 
 from stream_app.errors import ModelLoadError
 from stream_app.scoring.model_dir import ModelMetadata, load_metadata, require_files
-from stream_app.scoring.preprocess import EncodedBatch, Preprocessor, score_batches
+from stream_app.scoring.preprocess import (
+    EncodedBatch,
+    Preprocessor,
+    SnapshotScoring,
+    score_batches,
+)
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from stream_app.windows import WindowSnapshot
 
 EXPECTED_INPUTS = ("input_ids", "attention_mask", "features")
 
@@ -70,7 +74,7 @@ def _check_signature(session: ort.InferenceSession, path: Path, n_features: int)
         raise ModelLoadError(f"{path}: output must be 'probability'")
 
 
-class OnnxScorer:
+class OnnxScorer(SnapshotScoring):
     """Synchronous; call it from a worker thread."""
 
     def __init__(self, model_dir: Path, variant: str = "fp32", threads: int = 0) -> None:
@@ -103,11 +107,6 @@ class OnnxScorer:
 
     def score_encoded(self, batches: Sequence[EncodedBatch]) -> np.ndarray:
         return score_batches(batches, self._run)
-
-    def score(self, snapshots: Sequence[WindowSnapshot]) -> np.ndarray:
-        if not snapshots:
-            return np.zeros(0, dtype=np.float32)
-        return self.score_encoded(self.preprocessor.encode(snapshots))
 
     def close(self) -> None:
         self.session = None

@@ -163,3 +163,18 @@ def score_batches(
         return np.zeros(0, dtype=np.float32)
     parts = [np.asarray(run(b), dtype=np.float32).reshape(-1)[: b.n] for b in batches]
     return np.concatenate(parts)
+
+
+class SnapshotScoring:
+    """``score(snapshots)`` for every backend: encode with the shared preprocessor, then run
+    the backend's ``score_encoded`` on the bucketed batches."""
+
+    preprocessor: Preprocessor
+
+    def score_encoded(self, batches: Sequence[EncodedBatch]) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, snapshots: Sequence[WindowSnapshot]) -> np.ndarray:
+        if not snapshots:
+            return np.zeros(0, dtype=np.float32)
+        return self.score_encoded(self.preprocessor.encode(snapshots))

@@ -20,10 +20,15 @@ import numpy as np
 
 from stream_app.errors import ModelLoadError
 from stream_app.scoring.model_dir import load_metadata
-from stream_app.scoring.preprocess import EncodedBatch, Preprocessor, score_batches
+from stream_app.scoring.preprocess import (
+    EncodedBatch,
+    Preprocessor,
+    SnapshotScoring,
+    score_batches,
+)
 
 if TYPE_CHECKING:
-    from stream_app.windows import WindowSnapshot
+    pass
 
 INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "features")
 
@@ -91,7 +96,7 @@ def load_engine(trt: ModuleType, path: Path) -> Any:
     return engine
 
 
-class TensorRTScorer:
+class TensorRTScorer(SnapshotScoring):
     """Synchronous; one execution context per profile, created on first use."""
 
     def __init__(self, model_dir: Path, device: str = "cuda") -> None:
@@ -141,11 +146,6 @@ class TensorRTScorer:
     def score_encoded(self, batches: Sequence[EncodedBatch]) -> np.ndarray:
         with self._lock:
             return score_batches(batches, self._run)
-
-    def score(self, snapshots: Sequence[WindowSnapshot]) -> np.ndarray:
-        if not snapshots:
-            return np.zeros(0, dtype=np.float32)
-        return self.score_encoded(self.preprocessor.encode(snapshots))
 
     def close(self) -> None:
         self._contexts.clear()

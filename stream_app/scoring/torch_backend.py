@@ -18,12 +18,16 @@ import numpy as np
 
 from stream_app.errors import ModelLoadError
 from stream_app.scoring.model_dir import load_metadata, require_files
-from stream_app.scoring.preprocess import EncodedBatch, Preprocessor, score_batches
+from stream_app.scoring.preprocess import (
+    EncodedBatch,
+    Preprocessor,
+    SnapshotScoring,
+    score_batches,
+)
 
 if TYPE_CHECKING:
     import torch
 
-    from stream_app.windows import WindowSnapshot
 
 CHECKPOINT_FORMAT = 1
 
@@ -66,7 +70,7 @@ class _CapturedGraph:
     probability: torch.Tensor
 
 
-class TorchScorer:
+class TorchScorer(SnapshotScoring):
     """Synchronous; calls are serialised by a lock (CUDA graphs share static buffers)."""
 
     def __init__(
@@ -144,11 +148,6 @@ class TorchScorer:
     def score_encoded(self, batches: Sequence[EncodedBatch]) -> np.ndarray:
         with self._lock:
             return score_batches(batches, self._run)
-
-    def score(self, snapshots: Sequence[WindowSnapshot]) -> np.ndarray:
-        if not snapshots:
-            return np.zeros(0, dtype=np.float32)
-        return self.score_encoded(self.preprocessor.encode(snapshots))
 
     def close(self) -> None:
         self._graphs.clear()

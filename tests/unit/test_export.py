@@ -12,7 +12,6 @@ import torch
 
 from model_export.bundle import (
     build_model_dir,
-    build_untrained_model_dir,
     default_encoder_dir,
     source_hash,
     untrained_model,
@@ -33,14 +32,6 @@ from stream_app.scoring.model_dir import load_metadata
 from stream_app.scoring.onnx_backend import create_session, run_session
 from stream_app.scoring.tensorrt_backend import EngineProfile, import_tensorrt, profile_for
 from stream_app.scoring.torch_backend import load_checkpoint
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.getbasetemp() / "untrained-model"
-    if not (path / "metadata.json").is_file():
-        build_untrained_model_dir(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from model_export.bundle import build_untrained_model_dir
 from model_export.tensorrt_build import FP16_TOLERANCE, build_engines, synthetic_batch
 from stream_app.scoring.onnx_backend import OnnxScorer
 from stream_app.scoring.torch_backend import TorchScorer
@@ -17,14 +16,6 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.getbasetemp() / "untrained-model"
-    if not (path / "metadata.json").is_file():
-        build_untrained_model_dir(path)
-    return path
 
 
 @pytest.fixture(scope="module")

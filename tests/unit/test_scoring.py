@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_export.bundle import build_untrained_model_dir
 from stream_app.config import ModelSettings
 from stream_app.errors import ModelLoadError
 from stream_app.events import Event
@@ -21,14 +20,6 @@ from stream_app.scoring.torch_backend import TorchScorer
 from stream_app.windows import WindowRules, WindowSnapshot, expected_window
 
 T0 = 1_700_000_000_000  # fixed UTC epoch ms
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.getbasetemp() / "untrained-model"
-    if not (path / "metadata.json").is_file():
-        build_untrained_model_dir(path)
-    return path
 
 
 @pytest.fixture(scope="module")
