@@ -112,8 +112,10 @@ def create_app(settings: Settings, *, scorer: Scorer, store: SessionStore) -> fa
             await pipeline.ingest(messages)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types it as sync
-    async def _fetch_wait(sender: Any, *args: Any, **kwargs: Any) -> None:
+    async def _on_assigned(sender: Any, assigned: Any = (), *args: Any, **kwargs: Any) -> None:
         limit_fetch_wait(app, fetch_wait_ms(settings))
+        mine = [tp for tp in assigned if tp.topic == kafka.events_topic]
+        pipeline.health.assigned_partitions = len(mine)
 
     @app.task
     async def scoring_loop() -> None:
@@ -192,6 +194,7 @@ def _health_body(pipeline: Pipeline) -> dict[str, Any]:
         "store_up": health.store_up,
         "last_store_error": health.last_store_error if not health.store_up else "",
         "model_version": pipeline.scorer.model_version,
+        "assigned_partitions": health.assigned_partitions,
         "pending_sessions": len(pipeline.pending),
         "pending_limit": pipeline.pending.max_sessions,
         "pending_messages": pipeline.pending.pending_tokens,

@@ -76,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         with LocalStack(settings, worker_env=env) as stack:
             console.print(_where(stack))
-            stack.wait_healthy()
+            stack.wait_healthy(assigned=True)
             result = _replay(stack, settings, source, speed, args, console)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: everything was shut down[/]")

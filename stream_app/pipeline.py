@@ -94,6 +94,7 @@ class Health:
     last_store_error: str = ""
     last_score_at_ms: int = 0
     scored_batches: int = 0
+    assigned_partitions: int = 0  # of the events topic, after the last rebalance
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -130,8 +130,9 @@ class LocalStack:
             self.work_dir = Path(self._tmp.name)
         self._start_servers()
         kafka = self.settings.kafka
-        topics = {kafka.events_topic: kafka.partitions, kafka.scores_topic: kafka.partitions}
-        topics[kafka.dlq_topic] = max(1, kafka.partitions // 2)
+        topics = dict.fromkeys(
+            (kafka.events_topic, kafka.scores_topic, kafka.dlq_topic), kafka.partitions
+        )
         ensure_topics(
             self.bootstrap_servers,
             topics,
@@ -194,19 +195,25 @@ class LocalStack:
         old.start()
         return old
 
-    def wait_healthy(self, timeout_s: float = 120.0) -> None:
-        """Wait until every running worker answers ``/health`` as ready."""
+    def wait_healthy(self, timeout_s: float = 120.0, *, assigned: bool = False) -> None:
+        """Wait until every running worker answers ``/health`` as ready; with ``assigned``,
+        also until each owns partitions of the events topic (its consumer group has joined),
+        so that what is produced next is measured from the first event."""
         deadline = time.monotonic() + timeout_s
         for process in self.processes:
-            while True:
+            while not _is_ready(process, assigned):
                 if not process.running:
                     raise WorkerFailed(f"worker {process.index} exited:\n{process.log_tail()}")
-                body = process.health()
-                if body is not None and body.get("ready"):
-                    break
                 if time.monotonic() > deadline:
                     raise WorkerFailed(
                         f"worker {process.index} not healthy in {timeout_s:.0f} s:\n"
                         f"{process.log_tail()}"
                     )
                 time.sleep(0.25)
+
+
+def _is_ready(process: WorkerProcess, assigned: bool) -> bool:
+    body = process.health()
+    if body is None or not body.get("ready"):
+        return False
+    return not assigned or int(str(body.get("assigned_partitions", 0))) > 0

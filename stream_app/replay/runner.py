@@ -176,6 +176,7 @@ class _Run:
         finally:
             self.clock.stop.set()
             self.sender.join(timeout=30)
+            self.producer.close()
             self.consumer.close()
             if self.lag is not None:
                 self.lag.stop.set()
