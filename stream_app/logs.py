@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -31,3 +32,19 @@ def configure_logging(level: str = "INFO", as_json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def worker_logging_config(level: str, as_json: bool) -> dict[str, Any] | None:
+    """``logging.config.dictConfig`` for the Faust worker, which replaces the root handlers
+    at start-up: JSON lines on stderr when asked, else None (Faust's own console format)."""
+    if not as_json:
+        return None
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stderr}
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+    }

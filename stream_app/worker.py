@@ -9,7 +9,7 @@ import faust
 from stream_app.app import create_app
 from stream_app.config import Settings, load_settings
 from stream_app.errors import ConfigError, ModelLoadError
-from stream_app.logs import configure_logging
+from stream_app.logs import configure_logging, worker_logging_config
 from stream_app.scoring import load_scorer
 from stream_app.store import create_store
 from stream_app.windows import WindowRules
@@ -36,6 +36,11 @@ def run_worker() -> int:
     except (ConfigError, ModelLoadError) as exc:
         log.error("cannot start worker: %s", exc)
         return 2
-    worker = faust.Worker(app, loglevel=settings.worker.log_level.lower(), quiet=True)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.worker.log_level.lower(),
+        quiet=True,
+        logging_config=worker_logging_config(settings.worker.log_level, settings.worker.log_json),
+    )
     worker.execute_from_commandline()
     return 0
