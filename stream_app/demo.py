@@ -23,17 +23,17 @@ from rich.text import Text
 
 from stream_app.config import Settings, load_settings
 from stream_app.errors import IntentStreamError
+from stream_app.events import EventLimits
 from stream_app.logs import configure_logging
 from stream_app.replay import report
 from stream_app.replay.runner import (
     ReplayConfig,
     ReplayProgress,
     run_replay,
-    worker_limits,
-    worker_rules,
 )
 from stream_app.replay.timing import TimingConfig
 from stream_app.stack import LocalStack
+from stream_app.windows import WindowRules
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ def _replay(
         source=source,
         kafka=kafka,
         timing=TimingConfig(speed=speed, limit=args.limit or None, run_tag=_run_tag()),
-        rules=worker_rules(settings),
-        limits=worker_limits(settings),
+        rules=WindowRules.from_settings(settings.window),
+        limits=EventLimits.from_settings(settings.window, settings.kafka.max_message_bytes),
         drain_timeout_s=args.timeout,
         progress_bar=False,
         lag_group=settings.worker.app_id,

@@ -370,21 +370,6 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def worker_limits(settings: Settings) -> EventLimits:
-    """The event limits the worker applies (mirrors ``pipeline.Pipeline``)."""
-    return EventLimits(
-        max_bytes=settings.kafka.max_message_bytes,
-        max_future_skew_ms=settings.window.max_future_skew_s * 1000,
-        max_age_ms=settings.window.max_age_days * 86_400_000,
-    )
-
-
-def worker_rules(settings: Settings) -> WindowRules:
-    """The window rules the worker applies (mirrors ``worker.window_rules``)."""
-    window = settings.window
-    return WindowRules(window.max_events, window.session_gap_s * 1000, window.max_seen_ids)
-
-
 def _session_alias(settings: Settings) -> Callable[[str], str]:
     if not settings.privacy.enabled:
         return str
@@ -418,8 +403,8 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> ReplayConf
         source=args.log,
         kafka=kafka,
         timing=timing,
-        rules=worker_rules(settings),
-        limits=worker_limits(settings),
+        rules=WindowRules.from_settings(settings.window),
+        limits=EventLimits.from_settings(settings.window, settings.kafka.max_message_bytes),
         drain_timeout_s=args.drain_timeout,
         wait_for_scores=not args.no_wait,
         compression=args.compression,

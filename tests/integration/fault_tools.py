@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import urllib.error
@@ -13,28 +12,11 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream_app.config import Settings
-from stream_app.errors import InvalidEvent
-from stream_app.events import Event, parse_event
 from stream_app.stack import LocalStack, WorkerProcess
-from stream_app.store import RedisSessionStore, redis_client
 from stream_app.windows import WindowRules, WindowSnapshot, expected_window
-from tests.integration.helpers import wait_for_scores
+from tests.integration.helpers import stored_windows, valid_events, wait_for_scores
 
 Message = tuple[bytes | None, bytes]
-
-
-def valid_events(messages: Iterable[Message]) -> dict[str, list[Event]]:
-    """The valid events of ``messages`` per session, in produce order."""
-    now_ms = int(time.time() * 1000)
-    by_session: dict[str, list[Event]] = {}
-    for _, value in messages:
-        try:
-            event = parse_event(value, now_ms=now_ms)
-        except InvalidEvent:
-            continue
-        by_session.setdefault(event.user_session, []).append(event)
-    return by_session
 
 
 def expected_windows(messages: Iterable[Message], rules: WindowRules) -> dict[str, WindowSnapshot]:
@@ -42,21 +24,6 @@ def expected_windows(messages: Iterable[Message], rules: WindowRules) -> dict[st
     return {
         sid: expected_window(sid, events, rules) for sid, events in valid_events(messages).items()
     }
-
-
-def stored_windows(settings: Settings, sessions: Iterable[str]) -> dict[str, WindowSnapshot | None]:
-    """What the worker left in Redis for each session."""
-
-    async def read() -> dict[str, WindowSnapshot | None]:
-        store = RedisSessionStore(
-            redis_client(settings.redis), WindowRules(), settings.redis.key_prefix
-        )
-        try:
-            return {sid: await store.get(sid) for sid in sessions}
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
 
 
 def window_mismatches(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import orjson
@@ -14,8 +15,9 @@ from stream_app.errors import InvalidEvent
 from stream_app.events import Event, parse_event
 from stream_app.scores import ScoreRecord
 from stream_app.sources import iter_messages
+from stream_app.store import RedisSessionStore, redis_client
 from stream_app.topics import read_all
-from stream_app.windows import WindowRules, expected_window
+from stream_app.windows import WindowRules, WindowSnapshot, expected_window
 
 
 def stack_settings(
@@ -80,25 +82,45 @@ def sentinels(bootstrap: str, topic: str, partitions: int, tag: str) -> set[str]
     return names
 
 
-def expected_session_events(
-    messages: Iterable[tuple[bytes | None, bytes]], rules: WindowRules
-) -> tuple[dict[str, int], int]:
-    """Per session, how many distinct valid events the worker must accept; and #invalid."""
+def valid_events(messages: Iterable[tuple[bytes | None, bytes]]) -> dict[str, list[Event]]:
+    """The valid events of ``messages`` per session, in produce order (the worker's parser)."""
     now_ms = int(time.time() * 1000)
     by_session: dict[str, list[Event]] = {}
-    invalid = 0
     for _, value in messages:
         try:
             event = parse_event(value, now_ms=now_ms)
         except InvalidEvent:
-            invalid += 1
             continue
         by_session.setdefault(event.user_session, []).append(event)
+    return by_session
+
+
+def expected_session_events(
+    messages: Sequence[tuple[bytes | None, bytes]], rules: WindowRules
+) -> tuple[dict[str, int], int]:
+    """Per session, how many distinct valid events the worker must accept; and #invalid."""
+    by_session = valid_events(messages)
+    invalid = len(messages) - sum(len(events) for events in by_session.values())
     expected = {
         sid: expected_window(sid, events, rules).aggregates.n_events
         for sid, events in by_session.items()
     }
     return expected, invalid
+
+
+def stored_windows(settings: Settings, sessions: Iterable[str]) -> dict[str, WindowSnapshot | None]:
+    """What the worker left in Redis for each session."""
+
+    async def read() -> dict[str, WindowSnapshot | None]:
+        store = RedisSessionStore(
+            redis_client(settings.redis), WindowRules(), settings.redis.key_prefix
+        )
+        try:
+            return {sid: await store.get(sid) for sid in sessions}
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 def latest_scores(bootstrap: str, topic: str) -> dict[str, ScoreRecord]:

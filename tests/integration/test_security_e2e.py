@@ -28,9 +28,8 @@ from tests.integration.fault_tools import (
     TrackedProducer,
     assert_complete,
     http_get,
-    valid_events,
 )
-from tests.integration.helpers import load_messages, stack_settings, worker_env
+from tests.integration.helpers import load_messages, stack_settings, valid_events, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

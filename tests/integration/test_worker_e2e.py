@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
-from stream_app.config import Settings
 from stream_app.dlq import parse_dead_letter
 from stream_app.stack import LocalStack
-from stream_app.store import RedisSessionStore, redis_client
 from stream_app.topics import read_all
-from stream_app.windows import WindowRules, WindowSnapshot
+from stream_app.windows import WindowRules
 from tests.integration.helpers import (
     expected_session_events,
     latest_scores,
@@ -20,6 +17,7 @@ from tests.integration.helpers import (
     produce,
     sentinels,
     stack_settings,
+    stored_windows,
     wait_for_scores,
     worker_env,
 )
@@ -33,16 +31,6 @@ MALFORMED: list[tuple[bytes | None, bytes]] = [
     (b"s", b'{"event_type": "view", "user_session": "", "event_time": 1, "product_id": 1}'),
     (b"s", b"[1, 2, 3]"),
 ]
-
-
-async def _snapshots(settings: Settings, sessions: list[str]) -> dict[str, WindowSnapshot | None]:
-    store = RedisSessionStore(
-        redis_client(settings.redis), WindowRules(), settings.redis.key_prefix
-    )
-    try:
-        return {sid: await store.get(sid) for sid in sessions}
-    finally:
-        await store.close()
 
 
 def test_sample_is_scored_on_complete_windows_and_replay_is_idempotent(
@@ -75,11 +63,11 @@ def test_sample_is_scored_on_complete_windows_and_replay_is_idempotent(
         assert "unknown_event_type" in reasons
 
         sessions = sorted(expected)
-        before = asyncio.run(_snapshots(settings, sessions))
+        before = stored_windows(settings, sessions)
         produce(kafka_bootstrap, settings.kafka.events_topic, events)  # the same events again
         tag = sentinels(kafka_bootstrap, settings.kafka.events_topic, 4, unique_name)
         wait_for_scores(kafka_bootstrap, settings.kafka.scores_topic, dict.fromkeys(tag, 1))
-        after = asyncio.run(_snapshots(settings, sessions))
+        after = stored_windows(settings, sessions)
         assert after == before, "replaying the same events changed a window"
         rescored = latest_scores(kafka_bootstrap, settings.kafka.scores_topic)
         assert all(rescored[s].session_events == expected[s] for s in sessions)
