@@ -50,6 +50,12 @@ class Event:
     brand: str = ""
     price: float | None = None
     query: str = ""
+    # Optional text a shop may send: the product's title and the session's context (what a
+    # live site knows at the first hit: device class, traffic channel, country).
+    product_name: str = ""
+    device: str = ""
+    channel: str = ""
+    country: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +83,8 @@ DEFAULT_LIMITS = EventLimits()
 
 ID_FIELDS: tuple[str, ...] = ("user_id", "product_id", "category_id")
 TEXT_FIELDS: tuple[str, ...] = ("category_code", "brand", "query")
+# Optional text fields added after the REES46 layout; appended so stored records stay decodable.
+EXTRA_TEXT_FIELDS: tuple[str, ...] = ("product_name", "device", "channel", "country")
 FIELDS: tuple[str, ...] = (
     "event_id",
     "event_time",
@@ -85,6 +93,7 @@ FIELDS: tuple[str, ...] = (
     *ID_FIELDS,
     *TEXT_FIELDS,
     "price",
+    *EXTRA_TEXT_FIELDS,
 )
 _EVENT_TYPE_SET = frozenset(EVENT_TYPES)
 _NEEDS_PRODUCT = frozenset(("view", "cart", "remove_from_cart", "purchase"))
@@ -335,28 +344,33 @@ def event_id_for(
     brand: str = "",
     price: float | None = None,
     query: str = "",
+    *extra_text: str,
 ) -> str:
     """A stable id derived from an event's content (blake2b-128 over a canonical tuple, hex).
 
     Used when a producer sends no ``event_id``: replaying the same recorded message yields the
-    same id, so the window store deduplicates replays. Consequence (intended): two *exact*
+    same id, so the window store deduplicates replays. ``extra_text`` (the
+    ``EXTRA_TEXT_FIELDS`` values) joins the hashed tuple only when one of them is non-empty,
+    so ids of events without them are the same as before they existed. Consequence (intended):
+    two *exact*
     duplicate rows in a log (same time, type, session, user, product, price...) are the same
     event and count once; producers that need them counted twice must send distinct ids.
     """
-    canonical = orjson.dumps(
-        [
-            event_time_ms,
-            event_type,
-            user_session,
-            user_id,
-            product_id,
-            category_id,
-            category_code,
-            brand,
-            price,
-            query,
-        ]
-    )
+    fields: list[object] = [
+        event_time_ms,
+        event_type,
+        user_session,
+        user_id,
+        product_id,
+        category_id,
+        category_code,
+        brand,
+        price,
+        query,
+    ]
+    if any(extra_text):
+        fields.extend(extra_text)
+    canonical = orjson.dumps(fields)
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
@@ -391,6 +405,10 @@ def parse_event(raw: bytes, *, limits: EventLimits = DEFAULT_LIMITS, now_ms: int
         _text(obj, "brand", limits),
         _price(obj.get("price"), limits),
         query,
+        _text(obj, "product_name", limits),
+        _text(obj, "device", limits),
+        _text(obj, "channel", limits),
+        _text(obj, "country", limits),
     )
     event_id = _id(obj, "event_id", limits) or event_id_for(*parts)
     return Event(event_id, *parts)
@@ -410,6 +428,10 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         "brand": event.brand,
         "price": event.price,
         "query": event.query,
+        "product_name": event.product_name,
+        "device": event.device,
+        "channel": event.channel,
+        "country": event.country,
     }
 
 
@@ -438,6 +460,7 @@ def event_from_dict(d: dict[str, Any]) -> Event:
             brand=_exact(d.get("brand", ""), str, "brand"),
             price=None if price is None else float(_exact(price, (int, float), "price")),
             query=_exact(d.get("query", ""), str, "query"),
+            **{f: _exact(d.get(f, ""), str, f) for f in EXTRA_TEXT_FIELDS},
         )
     except KeyError as exc:
         raise InvalidEvent(f"missing:{exc.args[0]}", "canonical event dict") from exc

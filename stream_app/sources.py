@@ -31,6 +31,8 @@ REES46_COLUMNS: tuple[str, ...] = (
     "user_id",
     "user_session",
 )
+# Optional columns a shop's log may add (the ga_merch log has all of them): kept when present.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("product_name", "query", "device", "channel", "country")
 SourceFormat = Literal["csv", "jsonl", "diginetica"]
 _DAY_MS = 86_400_000
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
@@ -67,16 +69,20 @@ def iter_rees46_csv(path: str | Path) -> Iterator[dict[str, Any]]:
     """Rows of a REES46 CSV (optionally ``.gz``) as our JSON message fields.
 
     Ids stay strings (``category_id`` has 19 digits: never through float); ``price`` is a float
-    when present; absent optional fields are empty strings. Raises ``ValueError`` if the header
-    lacks a REES46 column.
+    when present; absent optional fields are empty strings. ``OPTIONAL_COLUMNS`` present in the
+    header are kept (empty cells omitted). Raises ``ValueError`` if the header lacks a REES46
+    column.
     """
     with _open_text(Path(path)) as handle:
         reader = csv.DictReader(handle)
-        missing = set(REES46_COLUMNS) - set(reader.fieldnames or ())
+        header = set(reader.fieldnames or ())
+        missing = set(REES46_COLUMNS) - header
         if missing:
             raise ValueError(f"{path}: not a REES46 CSV, missing columns {sorted(missing)}")
+        optional = [name for name in OPTIONAL_COLUMNS if name in header]
         for row in reader:
             record: dict[str, Any] = {name: row[name] or "" for name in REES46_COLUMNS}
+            record.update((name, row[name]) for name in optional if row[name])
             record["price"] = _csv_price(record["price"])
             yield record
 

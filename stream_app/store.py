@@ -135,6 +135,7 @@ def encode_event(event: Event) -> bytes:
             event.event_id, event.event_time_ms, event.event_type, event.user_id,
             event.product_id, event.category_id, event.category_code, event.brand,
             event.price, event.query,
+            event.product_name, event.device, event.channel, event.country,
         ]
     )  # fmt: skip
 
@@ -142,12 +143,16 @@ def encode_event(event: Event) -> bytes:
 def decode_event(session_id: str, raw: bytes) -> Event:
     try:
         fields = orjson.loads(raw)
-        eid, time_ms, etype, user, product, cat_id, cat_code, brand, price, query = fields
+        # Records written before the optional text fields existed have 10 entries.
+        eid, time_ms, etype, user, product, cat_id, cat_code, brand, price, query = fields[:10]
+        extra = fields[10:14] if len(fields) == 14 else ("", "", "", "")
+        if len(fields) not in (10, 14):
+            raise ValueError(f"{len(fields)} fields")
     except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
         raise InvalidEvent("bad_stored_event", str(exc)[:200]) from exc
     price = None if price is None else float(price)
     return Event(eid, time_ms, etype, session_id, user, product, cat_id, cat_code, brand, price,
-                 query)  # fmt: skip
+                 query, *extra)  # fmt: skip
 
 
 def script_events_arg(events: Sequence[Event]) -> bytes:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from stream_app.errors import InvalidEvent
 from stream_app.events import (
     EVENT_TYPES,
+    EXTRA_TEXT_FIELDS,
     FIELDS,
     Event,
     EventLimits,
@@ -185,6 +186,16 @@ def test_derived_event_id_is_stable_and_content_based() -> None:
         assert parse({**ROW, field: value}).event_id != first.event_id
 
 
+def test_optional_text_fields_are_kept_and_only_then_change_the_derived_id() -> None:
+    context = {"product_name": "Waterproof Backpack", "device": "desktop",
+               "channel": "Organic Search", "country": "United States"}  # fmt: skip
+    plain, rich = parse(ROW), parse({**ROW, **context})
+    assert (rich.product_name, rich.device, rich.channel, rich.country) == tuple(context.values())
+    assert rich.event_id != plain.event_id
+    assert parse({**ROW, **dict.fromkeys(context, "")}).event_id == plain.event_id
+    assert reason({**ROW, "device": ["desktop"]}) == "bad_type:device"
+
+
 def test_explicit_event_id_wins_and_empty_one_is_derived() -> None:
     assert parse({**ROW, "event_id": "evt-1"}).event_id == "evt-1"
     assert parse({**ROW, "event_id": 99}).event_id == "99"
@@ -210,6 +221,7 @@ def test_event_to_json_is_canonical() -> None:
     assert list(data) == [
         "event_id", "event_time", "event_type", "user_session", "user_id",
         "product_id", "category_id", "category_code", "brand", "price", "query",
+        "product_name", "device", "channel", "country",
     ]  # fmt: skip
     assert data["event_time"] == 1_569_888_001_000
 
@@ -258,6 +270,9 @@ def valid_messages(draw: st.DrawFn) -> dict[str, Any]:
             message[field] = draw(_IDS)
     for field in ("category_code", "brand"):
         message[field] = draw(_TEXT)
+    for field in EXTRA_TEXT_FIELDS:
+        if draw(st.booleans()):
+            message[field] = draw(_TEXT)
     if draw(st.booleans()):
         message["event_id"] = draw(_IDS)
     return message

@@ -208,3 +208,35 @@ def test_detect_format_of_a_directory_and_unknown_files(tmp_path: Path) -> None:
     assert detect_format(tmp_path) == "diginetica"
     with pytest.raises(ValueError, match="unknown log format"):
         detect_format(tmp_path / "events.parquet")
+
+
+GA_MERCH = DATA / "ga_merch" / "2016-Aug-Oct_users_a.csv.gz"
+
+
+@needs_data
+def test_ga_merch_rows_keep_text_and_context_columns() -> None:
+    rows = []
+    for row in iter_rees46_csv(GA_MERCH):
+        rows.append(row)
+        if len(rows) == 5_000:
+            break
+    events = [_parse(rees46_row_to_message(row)) for row in rows]
+    assert all(e.device and e.channel for e in events)
+    products = [e for e in events if e.event_type != "search"]
+    assert sum(bool(e.product_name) for e in products) >= 0.99 * len(products)
+    assert all(e.query for e in events if e.event_type == "search")
+    assert rows[0]["event_time"].endswith(" UTC")
+    assert "." in rows[0]["event_time"]  # millisecond precision
+
+
+def test_optional_columns_are_read_when_present_and_empty_cells_omitted(tmp_path: Path) -> None:
+    path = tmp_path / "shop.csv"
+    path.write_text(
+        HEADER.rstrip("\n") + ",product_name,query,device,channel,country\n"
+        "2016-08-01 07:06:00.123 UTC,search,,,,,,u1,s1,,red mug,mobile,Direct,\n"
+    )
+    (row,) = iter_rees46_csv(path)
+    assert (row["query"], row["device"], row["channel"]) == ("red mug", "mobile", "Direct")
+    assert not {"country", "product_name"} & set(row)
+    event = _parse(rees46_row_to_message(row))
+    assert (event.event_type, event.query, event.country) == ("search", "red mug", "")

@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from stream_app.config import RedisSettings
-from stream_app.errors import ConfigError
+from stream_app.errors import ConfigError, InvalidEvent
 from stream_app.events import Event
 from stream_app.keys import session_keys, session_tag
 from stream_app.store import (
@@ -17,6 +17,8 @@ from stream_app.store import (
     RedisSessionStore,
     StoreRetry,
     create_store,
+    decode_event,
+    encode_event,
     redis_client,
 )
 from stream_app.windows import WindowRules, WindowState, apply_events
@@ -173,3 +175,15 @@ def test_session_keys_are_hashed_and_share_one_hash_tag(session_id: str) -> None
     assert int(tag, 16) >= 0
     assert keys == tuple(f"is:{{{tag}}}:{part}" for part in "wsapc")
     assert session_tag(session_id + " ") != tag
+
+
+def test_stored_events_keep_optional_text_and_old_records_still_decode() -> None:
+    event = Event("e1", 1_000, "view", "s1", "u1", "p1", "", "Home/Bags/", "", 9.99, "",
+                  "Waterproof Backpack", "desktop", "Organic Search", "United States")  # fmt: skip
+    assert decode_event("s1", encode_event(event)) == event
+    old_record = b'["e1",1000,"view","u1","p1","","Home/Bags/","",9.99,""]'
+    assert decode_event("s1", old_record) == Event(
+        "e1", 1_000, "view", "s1", "u1", "p1", "", "Home/Bags/", "", 9.99, ""
+    )
+    with pytest.raises(InvalidEvent, match="bad_stored_event"):
+        decode_event("s1", b'["e1",1000,"view"]')
