@@ -3,7 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-TORCH_PIP_ARGS ?= torch==2.13.0
+# The CPU build of torch (PyPI's plain "torch" on Linux is the multi-GB CUDA build).
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+TORCH_PIP_ARGS ?= --extra-index-url $(TORCH_INDEX_URL) torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -16,9 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU build of torch first: a bare "torch" requirement would pull multi-GB CUDA wheels.
-	# Elsewhere set TORCH_PIP_ARGS (README: "Installing torch") to pick the CPU or a CUDA build.
+	# Set TORCH_INDEX_URL / TORCH_PIP_ARGS (README: "Installing torch") for a CUDA build.
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev]"   # dev = demo + train + tools: everything but [gpu]
 	touch $@
 
 setup: $(VENV)/.installed model  ## create .venv, install everything, build the model
