@@ -328,6 +328,37 @@ def test_cpu_image_is_slim_python_with_cpu_torch() -> None:
     assert "download.pytorch.org/whl/cpu" in args
 
 
+def _stages(dockerfile: str) -> dict[str, list[tuple[str, str]]]:
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for instruction, args in _instructions(dockerfile):
+        if instruction == "FROM":
+            current = stages.setdefault(args.split()[-1], [])
+        current.append((instruction, args))
+    return stages
+
+
+def test_cpu_runtime_stage_installs_only_the_runtime_dependencies() -> None:
+    stages = _stages("Dockerfile")
+    runtime = " ".join(a for i, a in stages["runtime"] if i == "RUN")
+    assert "pip install . " in runtime + " "
+    assert "torch" not in runtime
+    assert "[" not in runtime.split("pip install", 1)[1].split("&&")[0], "no extras at runtime"
+    model = " ".join(a for i, a in stages["model"] if i == "RUN")
+    assert "download.pytorch.org/whl/cpu" in " ".join(a for i, a in stages["model"])
+    assert '".[train]"' in model
+
+
+def test_gpu_compose_worker_builds_engines_then_serves_them(services: dict[str, Any]) -> None:
+    gpu = services["worker-gpu"]
+    script = " ".join(gpu["entrypoint"])
+    assert "intent-stream build-engines --model-dir /opt/intent-stream/model" in script
+    out = script.split("--out", 1)[1].split()[0]
+    assert script.rstrip().endswith("exec intent-stream worker")
+    assert _env(gpu)["MODEL_DIR"] == f"{out}/current"
+    assert any(volume.endswith(f":{out}") for volume in gpu["volumes"])
+
+
 def test_gpu_image_installs_the_gpu_extra() -> None:
     runs = " ".join(a for i, a in _instructions("Dockerfile.gpu") if i == "RUN")
     assert 'pip install ".[gpu]"' in runs
