@@ -9,7 +9,7 @@ TORCH_PIP_ARGS ?= --extra-index-url $(TORCH_INDEX_URL) torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup model demo test test-unit test-integration test-faults lint typecheck fmt bench clean
+.PHONY: help setup model demo test test-unit test-integration test-faults k8s lint typecheck fmt bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -49,6 +49,11 @@ test-integration:  ## real broker + real Redis
 
 test-faults:  ## fault-injection tests only
 	$(BIN)/pytest -q -m faults
+
+k8s: $(VENV)/.installed  ## render the Kubernetes overlays and validate them (schemas + checks)
+	$(BIN)/kubectl kustomize deploy/k8s/overlays/cpu > /dev/null
+	$(BIN)/kubectl kustomize deploy/k8s/overlays/gpu > /dev/null
+	$(BIN)/pytest -q tests/unit/test_k8s.py
 
 fmt:  ## format the code
 	$(BIN)/ruff format .
