@@ -53,11 +53,15 @@ class KafkaSettings(BaseSettings):
 
 
 class RedisSettings(BaseSettings):
-    """Session-store connection (``REDIS_*``). ``rediss://`` enables TLS."""
+    """Session-store connection (``REDIS_*``). ``rediss://`` enables TLS; ``+cluster`` and
+    ``+sentinel`` schemes pick Redis Cluster or Sentinel (``stream_app.redis_connect``)."""
 
     model_config = _env("REDIS_")
 
-    url: str = Field(default="", description="redis:// or rediss:// URL; empty means embedded")
+    url: str = Field(
+        default="",
+        description="redis[s]://, redis[s]+cluster://, redis[s]+sentinel://; empty = embedded",
+    )
     username: str = ""
     password: SecretStr = SecretStr("")
     ssl_ca_certs: Path | None = None
