@@ -179,7 +179,8 @@ def _printer(console: Console) -> Any:
             s = progress.tracker.summary()
             console.print(
                 f"{progress.elapsed_s:6.1f}s sent={s.events_sent} valid={s.events_valid} "
-                f"dlq={s.dlq} sessions={s.sessions} scored={s.sessions_scored}"
+                f"dlq={s.dlq} sessions={s.sessions} scored={s.sessions_scored} "
+                f"bought={s.sessions_purchased}"
             )
 
     return show
@@ -191,10 +192,10 @@ def live_view(progress: ReplayProgress, top: int) -> Group:
     header = Text.assemble(
         (f"{progress.elapsed_s:6.1f}s  ", "dim"),
         f"sent {s.events_sent}  valid {s.events_valid}  dead-lettered {s.dlq}  ",
-        f"sessions {s.sessions_scored}/{s.sessions} fully scored  ",
+        f"sessions {s.sessions_scored}/{s.sessions} fully scored, {s.sessions_purchased} bought  ",
         (f"p50 {s.latency.p50:.0f} ms  p99 {s.latency.p99:.0f} ms" if s.latency.count else ""),
     )
-    table = Table(title="Sessions most likely to buy", expand=False)
+    table = Table(title="Sessions most likely to buy (not bought yet)", expand=False)
     for name, justify in (("session", "left"), ("user", "left"), ("score", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     table.add_column("events", justify="right")

@@ -63,6 +63,7 @@ def report_dict(result: ReplayResult) -> dict[str, Any]:
         "invalid_reasons": s.invalid_reasons,
         "sessions": s.sessions,
         "sessions_scored": s.sessions_scored,
+        "sessions_purchased": s.sessions_purchased,
         "scores_received": s.scores_received,
         "scores_stale": s.scores_stale,
         "all_scored": result.done,
