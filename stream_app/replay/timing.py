@@ -19,9 +19,10 @@ Modes (``TimingConfig``):
     events recorded in order keep their order *strictly* (a later recorded time never gets
     an equal or earlier time, bumped by 1 ms where the division would tie them; equal
     recorded times stay equal), and should a bump reach beyond the clock the event waits
-    for the clock instead. Gaps only shrink, so no event the worker would accept from the
-    recorded log becomes ``late_event``. A record that comes out of order in the log keeps
-    its compressed time, capped by the session's newest time.
+    for the clock instead (at most ``MAX_HOLD_S``: more means the wall clock was stepped
+    back, and the replay goes on rather than stall). Gaps only shrink, so no event the
+    worker would accept from the recorded log becomes ``late_event``. A record that comes
+    out of order in the log keeps its compressed time, capped by the session's newest time.
   - ``shift``: the recorded gaps unchanged, each pass moved so its first event happens
     'now'. Live-looking only at ``speed <= 1``: faster, later events run ahead of the clock
     and the worker dead-letters those beyond its future-skew bound as ``time_in_future``
@@ -54,6 +55,7 @@ TIME_MODES: tuple[TimeMode, ...] = ("compress", "shift", "send", "keep")
 # which leaves room to keep a session's events strictly ordered (1 ms apart) when many of
 # them go out within the same millisecond, without ever stamping a time ahead of the clock.
 UNPACED_LAG_MS = 1_000
+MAX_HOLD_S = 1.0  # the longest compress waits for the clock to pass a session's newest time
 RawMessage = tuple[bytes | None, bytes]
 
 # Structural check only: any event time is acceptable here, the worker judges times itself.
@@ -231,10 +233,12 @@ class Schedule:
         wall_ms = self._clock.wall_ms()
         current.anchor(record.time_ms, wall_ms)
         event_time_ms = self._event_time(current, record, wall_ms)
-        if self.config.times == "compress" and event_time_ms is not None:
-            # Only an order bump gets ahead of the clock: wait for it rather than send the
-            # future. (``shift`` at speed > 1 is ahead by design, and must not wait.)
-            self._clock.sleep((event_time_ms - wall_ms) / 1000)
+        ahead_s = (event_time_ms - wall_ms) / 1000 if event_time_ms is not None else 0.0
+        if self.config.times == "compress" and ahead_s <= MAX_HOLD_S:
+            # Only an order bump gets ahead of the clock (by milliseconds): wait for it rather
+            # than send the future. Longer means the wall clock was stepped back: waiting that
+            # out would stall the replay. (``shift`` at speed > 1 is ahead by design.)
+            self._clock.sleep(ahead_s)
         key, value = rewrite(record, pass_suffix(self.config.run_tag, current.loop), event_time_ms)
         message = OutgoingMessage(key, value, self.sent, current.loop, due_s, event_time_ms)
         self.sent += 1
@@ -279,7 +283,8 @@ class Schedule:
             anchor = wall_ms - UNPACED_LAG_MS
         else:
             offset_s = current.base_due_s + (time_ms - current.first_time_ms) / 1000 / speed
-            anchor = self._start_wall_ms + math.floor(offset_s * 1000)
+            # Due by now (the schedule slept for it); min() guards against wall-clock steps.
+            anchor = min(self._start_wall_ms + math.floor(offset_s * 1000), wall_ms)
         session = str(record.fields["user_session"])
         previous = current.sessions.get(session)
         if previous is None:
