@@ -84,8 +84,26 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="run the whole pipeline locally on a sample and show it")
-    demo.add_argument("--events", help="REES46 CSV(.gz) or raw JSONL (default: bundled sample)")
-    demo.add_argument("--speed", default="20", help="replay speed factor, or 'max' (default 20)")
+    source = demo.add_mutually_exclusive_group()
+    source.add_argument(
+        "--events", help="a log to replay: REES46/ga_merch CSV(.gz) or raw JSONL(.gz)"
+    )
+    source.add_argument(
+        "--sample",
+        choices=("ga_merch", "rees46"),
+        default="ga_merch",
+        help="bundled sample: a day of the Google Merchandise Store (default) or REES46",
+    )
+    demo.add_argument(
+        "--speed",
+        help="replay speed factor, or 'max' (default: 1440 for ga_merch, 20 otherwise)",
+    )
+    demo.add_argument(
+        "--times",
+        choices=("compress", "shift", "send", "keep"),
+        default="compress",
+        help="event-time rule, as for replay (default compress: live times at any speed)",
+    )
     demo.add_argument("--summary-json", help="write the run's summary here")
     demo.add_argument("--limit", type=int, default=0, help="send at most N messages (0 = all)")
     demo.add_argument("--timeout", type=float, default=300.0, help="give up after S seconds")
