@@ -28,8 +28,11 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-if __package__ in (None, ""):  # run as `python bench/run.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python bench/run.py`: import from the repository root
+    # instead of bench/, where a module could shadow a library's (tests/unit/test_bench_imports.py)
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
 from bench import model as model_bench
 from bench.data import default_log, looped_messages, preload
