@@ -16,7 +16,9 @@ windows are effectively-once and only a score message can be duplicated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,7 @@ from stream_app.batching import (
     time_bounded_limit,
 )
 from stream_app.config import Settings
+from stream_app.deadline import BatchPolicy, BatchShape, Waiting
 from stream_app.dlq import dead_letter_record
 from stream_app.errors import InvalidEvent, StoreUnavailable
 from stream_app.events import Event, EventLimits, parse_event
@@ -140,6 +143,7 @@ class Pipeline:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.health = Health()
         self.scoring_rate_per_s: float | None = None  # sessions/s, smoothed over batches
+        self.batch_policy = BatchPolicy(settings.score.latency_budget_ms, batch.max_score_batch)
 
     # ---------------------------------------------------------------- ingest stage
     async def ingest(self, messages: Sequence[InMessage]) -> None:
@@ -236,9 +240,14 @@ class Pipeline:
         tokens = sum(len(entry.tokens) for _, entry in entries)
         async with self._changed:
             await self._changed.wait_for(lambda: self.pending.has_room(len(entries), tokens))
+            now_ms, new = self._clock(), 0
             for session_id, entry in entries:
+                entry.queued_ms = now_ms
                 if self.pending.offer(session_id, entry):
                     metrics.COALESCED.inc()
+                else:
+                    new += 1
+            self.batch_policy.arrived(now_ms, new)
             self._update_pending_gauges()
             self._changed.notify_all()
 
@@ -248,25 +257,44 @@ class Pipeline:
 
     # ---------------------------------------------------------------- scoring stage
     async def run_scoring(self) -> None:
-        """Score pending sessions forever: whatever is pending, up to one model batch."""
+        """Score pending sessions forever, in batches the deadline policy releases."""
         while True:
             async with self._changed:
                 await self._changed.wait_for(lambda: len(self.pending) > 0)
-            await self.score_pending()
+                size = await self._released_batch_size()
+            await self.score_pending(size)
 
-    async def score_pending(self) -> int:
-        """Score up to ``max_score_batch`` pending sessions; returns how many were scored."""
+    async def _released_batch_size(self) -> int:
+        """Wait (holding ``_changed``) until the batch policy releases a batch; its size."""
+        while True:
+            head = self.pending.peek(self.settings.batch.max_score_batch)
+            waiting = [Waiting(_arrived_ms(entry), len(entry.snapshot.events)) for entry in head]
+            decision = self.batch_policy.decide(self._clock(), waiting, len(self.pending))
+            if decision.size:
+                metrics.SCORE_RELEASES.labels(decision.reason).inc()
+                return decision.size
+            timeout = decision.wait_ms / 1000 if math.isfinite(decision.wait_ms) else None
+            with contextlib.suppress(TimeoutError):  # again on arrivals or at the deadline
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    async def score_pending(self, limit: int | None = None) -> int:
+        """Score up to ``limit`` (default ``max_score_batch``) pending sessions; returns how
+        many were scored. The batch's time, publishing included, teaches the policy."""
         async with self._changed:
-            taken = self.pending.take(self.settings.batch.max_score_batch)
+            taken = self.pending.take(limit or self.settings.batch.max_score_batch)
             self._update_pending_gauges()
             self._changed.notify_all()
         if not taken:
             return 0
+        started = time.perf_counter()
+        shape = BatchShape(len(taken), max(len(entry.snapshot.events) for _, entry in taken))
+        metrics.SCORE_BATCH_PADDED_LEN.observe(shape.padded_len)
         probabilities = await self._infer_with_retry([entry.snapshot for _, entry in taken])
         if probabilities is None:
             await self._dead_letter_sessions(taken)
         else:
             await self._publish(taken, probabilities)
+            self.batch_policy.observe(shape, (time.perf_counter() - started) * 1000)
         await self._ack([m for _, entry in taken for m in entry.tokens])
         return len(taken)
 
@@ -382,6 +410,14 @@ def _entry(snapshot: WindowSnapshot, waiting: list[InMessage]) -> PendingEntry[I
         oldest_ingest_ms=min(stamps),
         newest_ingest_ms=max(stamps),
     )
+
+
+def _arrived_ms(entry: PendingEntry[InMessage]) -> int:
+    """When the entry's oldest event arrived: its Kafka timestamp, or when it was queued if
+    that is earlier (a producer clock ahead of ours must not stretch the wait)."""
+    if entry.queued_ms:
+        return min(entry.oldest_ingest_ms, entry.queued_ms)
+    return entry.oldest_ingest_ms
 
 
 def _count_outcomes(outcomes: Iterable[Any]) -> None:
