@@ -16,9 +16,7 @@ windows are effectively-once and only a score message can be duplicated.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -257,25 +255,21 @@ class Pipeline:
 
     # ---------------------------------------------------------------- scoring stage
     async def run_scoring(self) -> None:
-        """Score pending sessions forever, in batches the deadline policy releases."""
+        """Score pending sessions forever, in batches sized by the deadline policy."""
         while True:
             async with self._changed:
                 await self._changed.wait_for(lambda: len(self.pending) > 0)
-                size = await self._released_batch_size()
+                size = self._batch_size()
             await self.score_pending(size)
 
-    async def _released_batch_size(self) -> int:
-        """Wait (holding ``_changed``) until the batch policy releases a batch; its size."""
-        while True:
-            head = self.pending.peek(self.settings.batch.max_score_batch)
-            waiting = [Waiting(_arrived_ms(entry), len(entry.snapshot.events)) for entry in head]
-            decision = self.batch_policy.decide(self._clock(), waiting, len(self.pending))
-            if decision.size:
-                metrics.SCORE_RELEASES.labels(decision.reason).inc()
-                return decision.size
-            timeout = decision.wait_ms / 1000 if math.isfinite(decision.wait_ms) else None
-            with contextlib.suppress(TimeoutError):  # again on arrivals or at the deadline
-                await asyncio.wait_for(self._changed.wait(), timeout)
+    def _batch_size(self) -> int:
+        """How many pending sessions the next model call takes (``stream_app.deadline``)."""
+        head = self.pending.peek(self.settings.batch.max_score_batch)
+        waiting = [Waiting(_arrived_ms(entry), len(entry.snapshot.events)) for entry in head]
+        decision = self.batch_policy.decide(self._clock(), waiting, len(self.pending))
+        if decision.size:
+            metrics.SCORE_RELEASES.labels(decision.reason).inc()
+        return decision.size
 
     async def score_pending(self, limit: int | None = None) -> int:
         """Score up to ``limit`` (default ``max_score_batch``) pending sessions; returns how
