@@ -102,6 +102,19 @@ class BatchSettings(BaseSettings):
     max_pending_sessions: int = Field(default=20_000, ge=1)
 
 
+class ScoreSettings(BaseSettings):
+    """When a scoring batch is released (``SCORE_*``; ``stream_app/deadline.py``)."""
+
+    model_config = _env("SCORE_")
+
+    latency_budget_ms: int = Field(
+        default=100,
+        ge=0,
+        le=60_000,
+        description="target from an event's arrival to its score; 0 = score whatever waits at once",
+    )
+
+
 class ModelSettings(BaseSettings):
     """Which model to serve and how (``MODEL_*``)."""
 
@@ -158,6 +171,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     window: WindowSettings = Field(default_factory=WindowSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    score: ScoreSettings = Field(default_factory=ScoreSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
