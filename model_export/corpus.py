@@ -34,12 +34,13 @@ SPLIT_SEED = 13
 DEFAULT_TEST_FRACTION = 0.2
 
 
+_KNOWN_STORES = {"ga_merch": "ga_merch", "rees46_multicategory": "rees46"}
+
+
 def store_name(path: str | Path) -> str:
-    """``ga_merch`` for .../ga_merch/x.csv.gz; else the file's stem."""
+    """``ga_merch`` / ``rees46`` for the shared logs' folders; else the file's stem."""
     p = Path(path)
-    if p.parent.name and p.parent.name not in (".", ""):
-        return p.parent.name.split("_multicategory")[0]
-    return p.name.split(".")[0]
+    return _KNOWN_STORES.get(p.parent.name, p.name.split(".")[0])
 
 
 @dataclass

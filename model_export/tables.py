@@ -90,6 +90,8 @@ def window_words(snapshot: WindowSnapshot, max_events: int) -> str:
 def build_table(
     store: str, examples: Sequence[Example], spec: InputSpec, vocab: TextVocab
 ) -> ExampleTable:
+    if not examples:
+        return _empty_table(spec)
     per_session = Counter(e.session_id for e in examples)
     k = spec.max_events
     sequences = [window_sequence(e.snapshot, k) for e in examples]
@@ -113,6 +115,20 @@ def build_table(
         keys=_object_array([rate_keys(e.snapshot) for e in examples]),
         window_text=np.asarray([window_words(e.snapshot, k) for e in examples], dtype=object),
     )
+
+
+def _empty_table(spec: InputSpec) -> ExampleTable:
+    from stream_app.features import EVENT_NUMERIC_NAMES
+
+    k, none = spec.max_events, np.zeros(0, dtype=object)
+    return ExampleTable(
+        store=none, session=none, user=none, prefix_len=np.zeros(0, dtype=np.int64),
+        n_prefixes=np.zeros(0, dtype=np.int64), label=np.zeros(0, dtype=np.int64),
+        static=np.zeros((0, len(spec.static_names)), dtype=np.float32),
+        text_index=np.zeros((0, k), dtype=np.int64), event_types=np.zeros((0, k), dtype=np.int64),
+        numerics=np.zeros((0, k, len(EVENT_NUMERIC_NAMES)), dtype=np.float32),
+        mask=np.zeros((0, k), dtype=np.float32), keys=none, window_text=none,
+    )  # fmt: skip
 
 
 def _object_array(items: list[object]) -> np.ndarray:

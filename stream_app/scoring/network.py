@@ -96,6 +96,7 @@ class SessionModel(nn.Module):
         self.numeric_in = nn.Linear(len(EVENT_NUMERIC_NAMES), hidden)
         self.event_norm = nn.LayerNorm(hidden)
         self.attention = nn.Linear(hidden, 1)
+        self.wide = nn.Linear(n_features, 1)  # a linear path on the features (a logit prior)
         self.head = nn.Sequential(
             nn.Linear(2 * hidden + n_features, mlp_hidden),
             nn.GELU(),
@@ -114,7 +115,8 @@ class SessionModel(nn.Module):
         pooled = (weights.unsqueeze(-1) * events).sum(dim=1)
         newest = events[:, -1] * mask[:, -1:]
         feats = (features - self.feature_mean) / self.feature_std * self.feature_keep
-        return self.head(torch.cat([pooled, newest, feats], dim=-1)).squeeze(-1)
+        deep = self.head(torch.cat([pooled, newest, feats], dim=-1))
+        return (deep + self.wide(feats)).squeeze(-1)
 
     def forward(
         self, items: torch.Tensor, event_types: torch.Tensor, numerics: torch.Tensor,
