@@ -295,6 +295,49 @@ def stage_finetune(corpus: Corpus, encoder_dir: Path, report: Report, folds: int
     report.save()
 
 
+def _cell(block: dict[str, Any]) -> str:
+    return f"{block['mean']:.3f} [{block['lo']:.3f}, {block['hi']:.3f}]"
+
+
+def markdown(data: dict[str, Any], stores: Sequence[str] = ("ga_merch", "rees46")) -> str:
+    """The card's CV tables: mean [95 % t-interval over fold runs], prefix-weighted."""
+    lines = []
+    sections = [("seeds", "CV, chosen configs, all seeds"), ("grid", "CV grid, seed 0")]
+    rows_by_section = {
+        "seeds": data.get("seeds", {}),
+        "grid": data.get("grid", {}),
+        "ablations": data.get("ablations", {}),
+    }
+    sections.append(("ablations", "Ablations of the chosen model, seed 0"))
+    for key, title in sections:
+        rows = rows_by_section[key]
+        if not rows:
+            continue
+        lines += [f"### {title}", "", "| candidate | store | PR-AUC | ROC-AUC | Brier | "
+                  "PR-AUC (session-weighted) |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for name, block in rows.items():
+            label = block.get("key", name) if key == "seeds" else name
+            for store in stores:
+                if store not in block:
+                    continue
+                cv = block[store]["cv"]
+                lines.append(f"| {label[:70]} | {store} | {_cell(cv['prefix']['pr_auc'])} | "
+                             f"{_cell(cv['prefix']['roc_auc'])} | {_cell(cv['prefix']['brier'])}"
+                             f" | {_cell(cv['session']['pr_auc'])} |")  # fmt: skip
+        lines.append("")
+    for layers, block in data.get("finetune", {}).items():
+        title = f"### Fine-tuning the top {layers} layer(s), folds 0-{block['folds_run'] - 1}"
+        header = "| variant | store | PR-AUC | ROC-AUC | Brier |"
+        lines += [title, "", header, "|---|---|---|---|---|"]
+        for variant in ("frozen_same_folds", "finetuned"):
+            for store in stores:
+                cv = block[variant][store]["cv"]["prefix"]
+                lines.append(f"| {variant} | {store} | {_cell(cv['pr_auc'])} | "
+                             f"{_cell(cv['roc_auc'])} | {_cell(cv['brier'])} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model_export.select", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -306,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-layers", type=int, default=1)
     p.add_argument("--finetune-folds", type=int, default=2, help="folds run for fine-tuning")
     p.add_argument("--encoder", default=None, help="local HF BERT dir (default: MiniLM wheel)")
+    p.add_argument("--markdown", action="store_true", help="print the report's tables and exit")
     return p
 
 
@@ -314,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
+    if args.markdown:
+        print(markdown(Report(Path(args.report_json)).data))
+        return 0
     encoder_dir = Path(args.encoder) if args.encoder else default_encoder_dir()
     corpus = load_corpus(args.events or [str(p) for p in DEFAULT_EVENTS])
     items = item_table(corpus.vocab.texts, encoder_dir)
