@@ -180,10 +180,10 @@ def markdown(report: dict[str, Any]) -> str:
     flops = details["flops_per_sequence"]
     lines += [
         "",
-        f"Model alone: batch {model['batch_size']}, mean {model['mean_tokens']} tokens, "
-        f"padded lengths {model['seq_buckets']}, {model['useful_gflop_per_s']} useful GFLOP/s; "
-        f"{flops['gflop']} GFLOP per session at {flops['mean_tokens']} tokens "
-        f"({flops['gflop_at_64']} at 64); matmul peak GFLOP/s by threads: "
+        f"Model alone: batch {model['batch_size']}, warm item cache {model['seq_per_s']} "
+        f"sessions/s, cold {model['cold_seq_per_s']} ({model['distinct_item_texts']} distinct "
+        f"item texts, {flops['gflop_per_new_item_text']} GFLOP per new text at "
+        f"{flops['mean_item_tokens']} tokens); matmul peak GFLOP/s by threads: "
         f"{details['peak_gflop_per_s']}.",
         f"Settings: {report['settings']}",
         f"Duration: {report.get('duration_s')} s",

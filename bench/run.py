@@ -467,9 +467,11 @@ def model_part(bench: Bench, scores_topic: str) -> None:
         n: round(model_bench.matmul_gflops(n), 1) for n in (1, os.cpu_count() or 1)
     }
     results["flops_per_sequence"] = {
-        "mean_tokens": round(only.mean_tokens, 1),
-        "gflop": round(model_bench.flops_per_sequence(round(only.mean_tokens)) / 1e9, 3),
-        "gflop_at_64": round(model_bench.flops_per_sequence(64) / 1e9, 3),
+        "mean_item_tokens": round(only.mean_item_tokens, 1),
+        "gflop_per_new_item_text": round(
+            model_bench.flops_per_sequence(round(only.mean_item_tokens)) / 1e9, 4
+        ),
+        "encoder_gflop_cold_pass": round(only.encoder_gflop_cold, 2),
     }
     log.info("model only: %s", results["model_only"])
 

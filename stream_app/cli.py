@@ -45,12 +45,18 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _build_model(args: argparse.Namespace) -> int:
     require_extra("train", "intent-stream build-model")
-    from model_export.bundle import build_model_dir
+    from model_export.bundle import WEIGHTS_DIR, build_model_dir
+    from stream_app.errors import ModelLoadError
     from stream_app.logs import configure_logging
 
     configure_logging("INFO")
     out = Path(args.out) if args.out else None
-    print(build_model_dir(out_dir=out, force=args.force))
+    weights = Path(args.weights) if args.weights else WEIGHTS_DIR
+    try:
+        print(build_model_dir(weights, out_dir=out, force=args.force))
+    except ModelLoadError as exc:
+        print(f"intent-stream build-model: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -115,6 +121,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     build = sub.add_parser("build-model", help="build (or locate) the serving model directory")
     build.add_argument("--out", help="target directory (default: the cache)")
+    build.add_argument("--weights", help="trained weights (default: the shipped ones)")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.set_defaults(handler=_build_model)
 
@@ -126,7 +133,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     engines.add_argument("--out", type=Path, required=True, help="writable engine cache")
     engines.set_defaults(handler=_build_engines)
 
-    train = sub.add_parser("train", help="fine-tune the intent model", add_help=False)
+    train = sub.add_parser("train", help="train the intent model on event logs", add_help=False)
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate the model vs baselines", add_help=False)
