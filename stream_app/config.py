@@ -96,6 +96,9 @@ class BatchSettings(BaseSettings):
     max_wait_ms: int = Field(default=20, ge=1, le=60_000)
     max_score_batch: int = Field(default=64, ge=1, le=4096)
     max_pending_sessions: int = Field(default=20_000, ge=1)
+    # Bytes of consumed event values waiting for a score (issue 8: 64 KiB events x 160 000
+    # messages would otherwise be GiB).
+    max_pending_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
 
 
 class ModelSettings(BaseSettings):
@@ -110,6 +113,10 @@ class ModelSettings(BaseSettings):
     variant: Literal["fp32", "int8"] = "fp32"
     inference_timeout_s: float = Field(default=10.0, gt=0)
     retries: int = Field(default=2, ge=0, le=10)
+    # Circuit breaker: this many backend failures in a row open it (scoring and consumption
+    # stop, readiness 503); it is probed again after the cooldown, doubling up to 8x.
+    breaker_failures: int = Field(default=3, ge=1, le=100)
+    breaker_cooldown_s: float = Field(default=5.0, gt=0, le=600)
 
 
 class WorkerSettings(BaseSettings):
@@ -123,6 +130,18 @@ class WorkerSettings(BaseSettings):
     data_dir: Path = Path("/tmp/intent-stream")  # noqa: S108 - faust table dir, overridable
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
+    # SIGTERM (or a fatal error) ends the process within this many seconds, whatever is down.
+    shutdown_timeout_s: float = Field(default=15.0, gt=0, le=600)
+
+
+class ScoreSettings(BaseSettings):
+    """What a published score says (``SCORE_*``)."""
+
+    model_config = _env("SCORE_")
+
+    # A score whose newest event is older than this (event time vs the worker's clock) is
+    # published with ``stale: true`` (its window is still updated); 0 turns the rule off.
+    stale_after_s: int = Field(default=3600, ge=0)
 
 
 class PrivacySettings(BaseSettings):
@@ -157,6 +176,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    score: ScoreSettings = Field(default_factory=ScoreSettings)
 
 
 def load_settings() -> Settings:

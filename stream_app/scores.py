@@ -28,6 +28,9 @@ class ScoreRecord:
     ingest_ms: int  # Kafka timestamp of the newest event this score covers
     oldest_ingest_ms: int  # Kafka timestamp of the oldest event first covered by this score
     worker: str = ""
+    # The newest event is older than SCORE_STALE_AFTER_S: a backlog score, not a live one.
+    # Consumers treat a missing field as false.
+    stale: bool = False
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
