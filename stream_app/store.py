@@ -85,7 +85,9 @@ def classify_redis_error(error: Exception, context: str) -> IntentStreamError:
     if isinstance(error, RETRYABLE_ERRORS):
         return StoreUnavailable(message)
     text = str(error).lstrip("-").upper()
-    if isinstance(error, redis_errors.NoPermissionError) or text.startswith(REFUSED_REPLY_PREFIXES):
+    if isinstance(error, redis_errors.NoPermissionError):  # redis-py drops the code
+        return StoreRefused(f"{context}: NOPERM {error}")
+    if text.startswith(REFUSED_REPLY_PREFIXES):
         return StoreRefused(message)
     if text.startswith(TRANSIENT_REPLY_PREFIXES) or not isinstance(
         error, redis_errors.ResponseError
