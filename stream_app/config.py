@@ -7,7 +7,7 @@ in step. Secrets are ``SecretStr`` so they never show in logs, errors or ``repr`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -181,12 +181,27 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     """Read settings from the environment, turning validation errors into a ``ConfigError``."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        # Name the variable and the rule, never the rejected value: it may be a secret.
-        problems = "; ".join(
-            f"{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors(include_input=False, include_url=False)
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from None
+    groups: dict[str, Any] = {}
+    problems: list[str] = []
+    # Each concern on its own, so an error names the whole variable (BATCH_MAX_SIZE): the
+    # nested model would only report the field (max_size).
+    for name, field in Settings.model_fields.items():
+        group = field.annotation
+        assert isinstance(group, type)
+        assert issubclass(group, BaseSettings)
+        try:
+            groups[name] = group()
+        except ValidationError as exc:
+            prefix = str(group.model_config.get("env_prefix", ""))
+            problems.extend(_problems(exc, prefix))
+    if problems:
+        raise ConfigError(f"invalid configuration: {'; '.join(problems)}")
+    return Settings.model_validate(groups)
+
+
+def _problems(exc: ValidationError, prefix: str) -> list[str]:
+    """``VARIABLE: rule`` per error -- never the rejected value: it may be a secret."""
+    return [
+        f"{prefix}{'_'.join(str(part) for part in error['loc'])}".upper() + f": {error['msg']}"
+        for error in exc.errors(include_input=False, include_url=False)
+    ]

@@ -1,5 +1,6 @@
 """Start-up checks of the session store, before the worker consumes anything.
 
+* The broker must answer a metadata request within ``BROKER_TIMEOUT_S``.
 * Redis must answer within ``REDIS_SOCKET_TIMEOUT_S`` (and its retries): else the start fails
   with one line (exit 2) instead of a worker that stalls from its first event.
 * The worker's ACL user must be allowed to run the window script on its keys: a NOPERM at
@@ -16,14 +17,15 @@ import logging
 
 from redis import exceptions as redis_errors
 
-from stream_app.config import RedisSettings
-from stream_app.errors import SessionStoreError, StoreRefused, StoreUnavailable
+from stream_app.config import KafkaSettings, RedisSettings
+from stream_app.errors import ConfigError, SessionStoreError, StoreRefused, StoreUnavailable
 from stream_app.store import RedisSessionStore, classify_redis_error, redis_client
 from stream_app.windows import WindowRules
 
 log = logging.getLogger(__name__)
 
 PREFLIGHT_SESSION = "__intent_stream_preflight__"
+BROKER_TIMEOUT_S = 5.0
 SAFE_POLICY = "noeviction"
 
 
@@ -46,7 +48,8 @@ def eviction_warning(policy: str | None) -> str | None:
 async def check_store(settings: RedisSettings, rules: WindowRules) -> str | None:
     """Raise ``StoreUnavailable`` / ``StoreRefused`` if the worker cannot use this Redis;
     return the eviction warning, if any (also logged)."""
-    store = RedisSessionStore(redis_client(settings), rules, settings.key_prefix)
+    quick = settings.model_copy(update={"retries": min(settings.retries, 1)})
+    store = RedisSessionStore(redis_client(quick), rules, settings.key_prefix)
     try:
         # The real script on a dedicated session with no events: reads its keys, writes none.
         outcome = (await store.apply({PREFLIGHT_SESSION: ()}))[PREFLIGHT_SESSION]
@@ -72,5 +75,46 @@ async def _eviction_policy(store: RedisSessionStore) -> str | None:
 
 
 def run_checks(settings: RedisSettings, rules: WindowRules) -> str | None:
-    """``check_store`` on a private event loop (the worker's loop does not exist yet)."""
-    return asyncio.run(check_store(settings, rules))
+    """``check_store`` on a private event loop (the worker's loop does not exist yet); its
+    failures become one-line ``ConfigError`` messages naming what to fix."""
+    try:
+        return asyncio.run(check_store(settings, rules))
+    except StoreUnavailable as exc:
+        raise ConfigError(f"Redis is not reachable ({exc}); check REDIS_URL") from None
+    except StoreRefused as exc:
+        raise ConfigError(
+            f"Redis refuses the worker ({exc}); grant the ACL user +evalsha +script|load "
+            f"on ~{settings.key_prefix}:* or fix REDIS_USERNAME/REDIS_PASSWORD"
+        ) from None
+
+
+def check_broker(settings: KafkaSettings, timeout_s: float = BROKER_TIMEOUT_S) -> None:
+    """The broker answers a metadata request within ``timeout_s``, else ``ConfigError``."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from stream_app.topics import client_config, security_config
+
+    config = client_config(settings.bootstrap_servers, security_config(settings))
+    try:
+        AdminClient(config).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ConfigError(
+            f"cannot reach the broker at {settings.bootstrap_servers} within {timeout_s:g} s "
+            f"({exc.args[0].str() if exc.args else exc}); check KAFKA_BOOTSTRAP_SERVERS"
+        ) from None
+
+
+def check_tls_files(kafka: KafkaSettings, redis: RedisSettings) -> None:
+    """Every TLS file a setting names exists (checked before any connection is tried)."""
+    named = {
+        "KAFKA_SSL_CAFILE": kafka.ssl_cafile,
+        "KAFKA_SSL_CERTFILE": kafka.ssl_certfile,
+        "KAFKA_SSL_KEYFILE": kafka.ssl_keyfile,
+        "REDIS_SSL_CA_CERTS": redis.ssl_ca_certs,
+        "REDIS_SSL_CERTFILE": redis.ssl_certfile,
+        "REDIS_SSL_KEYFILE": redis.ssl_keyfile,
+    }
+    for variable, path in named.items():
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{variable}={path}: no such file; point it at a PEM file")

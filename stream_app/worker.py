@@ -9,10 +9,10 @@ import faust
 
 from stream_app.app import create_app
 from stream_app.config import Settings, load_settings
-from stream_app.errors import ConfigError, ModelLoadError, StoreRefused, StoreUnavailable
+from stream_app.errors import ConfigError, ModelLoadError
 from stream_app.lifecycle import Lifecycle
 from stream_app.logs import configure_logging, worker_logging_config
-from stream_app.preflight import run_checks
+from stream_app.preflight import check_broker, check_tls_files, run_checks
 from stream_app.scoring import load_scorer
 from stream_app.store import RedisSessionStore, create_store
 from stream_app.windows import WindowRules
@@ -43,18 +43,12 @@ def build_worker_app(settings: Settings, lifecycle: Lifecycle | None = None) -> 
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set (the worker needs a broker)")
     if settings.redis.embedded:
         raise ConfigError("REDIS_URL is not set (the worker needs Redis)")
+    check_tls_files(settings.kafka, settings.redis)
+    check_broker(settings.kafka)
     rules = WindowRules.from_settings(settings.window)
     store = create_store(settings.redis, rules)
     if isinstance(store, RedisSessionStore):
-        try:
-            run_checks(settings.redis, rules)
-        except StoreUnavailable as exc:
-            raise ConfigError(f"Redis is not reachable ({exc}); check REDIS_URL") from None
-        except StoreRefused as exc:
-            raise ConfigError(
-                f"Redis refuses the worker ({exc}); grant the ACL user +evalsha +script|load "
-                f"on ~{settings.redis.key_prefix}:* or fix REDIS_USERNAME/REDIS_PASSWORD"
-            ) from None
+        run_checks(settings.redis, rules)
     scorer = load_scorer(settings.model)
     return create_app(settings, scorer=scorer, store=store, lifecycle=lifecycle)
 
