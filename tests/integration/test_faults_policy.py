@@ -28,6 +28,7 @@ from tests.integration.fault_tools import (
     TrackedProducer,
     committed_offsets,
     http_get,
+    rss_kib,
     wait_until,
 )
 from tests.integration.helpers import stack_settings, wait_for_scores, worker_env
@@ -327,3 +328,65 @@ def _bounded_shutdown(
         worker.signal(signal.SIGTERM)
         _, took = _exit_status(worker, 25)
         assert took < 5 + 3, f"SIGTERM took {took:.1f} s with Redis and the broker down"
+
+
+# ------------------------------------------------------- 9. memory bound counts bytes
+
+
+def test_the_pending_queue_stays_within_its_byte_bound_with_large_valid_events(
+    kafka_bootstrap: str, redis_url: str, unique_name: str, model_dir: Path, tmp_path: Path
+) -> None:
+    """400 valid 60 KB events (24 MB): the bytes held for scoring never exceed
+    BATCH_MAX_PENDING_BYTES plus one consumed batch, and every session is scored."""
+    bound, batch = 1024 * 1024, 8
+    settings = stack_settings(kafka_bootstrap, redis_url, unique_name, PARTITIONS)
+    env = worker_env(settings, model_dir, BATCH_MAX_PENDING_BYTES=str(bound),
+                     BATCH_MAX_SIZE=str(batch))  # fmt: skip
+    events = [_view(f"big-{i}", padding="x" * 60_000) for i in range(400)]
+    assert all(len(value) < 64 * 1024 for _, value in events)  # valid: under the size cap
+    with LocalStack(settings, worker_env=env, work_dir=tmp_path) as stack:
+        stack.wait_healthy(assigned=True)
+        worker = stack.processes[0]
+        assert worker.proc is not None
+        rss_before = rss_kib(worker.proc.pid)
+        sender = TrackedProducer(kafka_bootstrap, settings.kafka.events_topic)
+        feeding = sender.send_paced(events, per_second=400)
+        peak, expected = 0, {k.decode(): 1 for k, _ in events}
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            body = worker.health() or {}
+            peak = max(peak, int(str(body.get("pending_bytes", 0))))
+            if not feeding.is_alive() and body.get("pending_sessions") == 0:
+                break
+            time.sleep(0.05)
+        latest = wait_for_scores(kafka_bootstrap, settings.kafka.scores_topic, expected, 60)
+        rss_after = rss_kib(worker.proc.pid)
+        print(f"pending bytes peak {peak / 1024:.0f} KiB (bound {bound // 1024} KiB); worker "
+              f"RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MiB")  # fmt: skip
+        assert set(expected) <= set(latest)
+        assert 0 < peak <= bound + batch * 62 * 1024
+
+
+# -------------------------------------------------------------- 11. eviction policy
+
+
+def test_start_up_check_warns_unless_redis_evicts_nothing(redis_url: str) -> None:
+    import asyncio
+
+    from stream_app.config import RedisSettings
+    from stream_app.preflight import check_store
+    from stream_app.windows import WindowRules
+
+    admin = redis.Redis.from_url(redis_url)
+    before = admin.config_get("maxmemory-policy")["maxmemory-policy"]
+    settings = RedisSettings(url=redis_url, key_prefix="preflight")
+    try:
+        admin.config_set("maxmemory-policy", "volatile-ttl")
+        warning = asyncio.run(check_store(settings, WindowRules()))
+        assert warning is not None
+        assert "volatile-ttl" in warning
+        admin.config_set("maxmemory-policy", "noeviction")
+        assert asyncio.run(check_store(settings, WindowRules())) is None
+    finally:
+        admin.config_set("maxmemory-policy", before)
+        admin.close()
