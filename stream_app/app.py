@@ -172,6 +172,7 @@ def create_app(
         pipeline.close()
         await store.close()
 
+    life.on_shutdown.append(pipeline.freeze)
     app.pipeline = pipeline  # type: ignore[attr-defined]  # for tests and the CLI
     app.lifecycle = life  # type: ignore[attr-defined]
     return app

@@ -51,6 +51,8 @@ class Lifecycle:
         self._signal_self = signal_self or _sigterm_self
         self._armed = threading.Event()
         self._finished = threading.Event()
+        # Called (on the loop thread) when the shutdown begins, before Faust's stop.
+        self.on_shutdown: list[Callable[[], None]] = []
 
     @property
     def stopping(self) -> bool:
@@ -63,6 +65,8 @@ class Lifecycle:
         self._armed.set()
         log.info("shutting down (%s); at most %.1f s", why, self.timeout_s)
         threading.Thread(target=self._watch, name="shutdown-watchdog", daemon=True).start()
+        for callback in self.on_shutdown:
+            callback()
 
     def fatal(self, reason: str) -> None:
         """Fail fast: record the reason and exit status, then stop through SIGTERM's path."""

@@ -157,6 +157,7 @@ class Pipeline:
         self.in_flight = 0  # sessions in the model call now
         self._publishing = asyncio.Lock()  # held from the ownership check to the broker ack
         self._revocations: list[set[tuple[str, int]]] = []  # one per rebalance, in order
+        self._frozen = False  # shutting down: nothing more is published or queued
         self.health = Health()
         self.scoring_rate_per_s: float | None = None  # sessions/s, smoothed over batches
 
@@ -317,12 +318,19 @@ class Pipeline:
                      len(revoked), drain_s)  # fmt: skip
         return len(given_up)
 
+    def freeze(self) -> None:
+        """Shutdown began: publish nothing more (the consumer is about to leave the group,
+        and a score published after that could land behind the next owner's)."""
+        self._frozen = True
+
     def _owned(
         self, taken: list[tuple[str, PendingEntry[InMessage]]], generation: int
     ) -> list[tuple[str, PendingEntry[InMessage]]]:
         """``taken`` without messages of partitions revoked since ``generation`` (a count of
         rebalances), and without sessions left with none: work from before a revoke never
         leaves this process, even if the partition came back meanwhile."""
+        if self._frozen:
+            return []
         revoked: set[tuple[str, int]] = set().union(*self._revocations[generation:])
         if not revoked:
             return taken

@@ -390,3 +390,49 @@ def test_start_up_check_warns_unless_redis_evicts_nothing(redis_url: str) -> Non
     finally:
         admin.config_set("maxmemory-policy", before)
         admin.close()
+
+
+# ------------------------------------------------------------ 7. rebalance under traffic
+
+
+def test_workers_joining_and_leaving_under_traffic_never_publish_an_older_score_last(
+    kafka_bootstrap: str,
+    redis_url: str,
+    unique_name: str,
+    model_dir: Path,
+    rees46_path: Path,
+    tmp_path: Path,
+) -> None:
+    """Two workers score live traffic; a third joins and one of the first two leaves
+    (SIGTERM) while events flow and scores are pending. Every event ends in its window once,
+    and per session the scores in topic order never go back to fewer events."""
+    from stream_app.windows import WindowRules
+    from tests.integration.fault_tools import assert_complete, expected_windows
+    from tests.integration.helpers import load_messages
+
+    settings = stack_settings(kafka_bootstrap, redis_url, unique_name, partitions=4)
+    messages = load_messages(rees46_path, limit=900)
+    env = worker_env(settings, model_dir, WORKER_SHUTDOWN_TIMEOUT_S="10")
+    with LocalStack(settings, workers=2, worker_env=env, work_dir=tmp_path) as stack:
+        stack.wait_healthy(assigned=True)
+        producer = TrackedProducer(kafka_bootstrap, settings.kafka.events_topic)
+        feeding = producer.send_paced(messages, per_second=60)
+        time.sleep(4)
+        stack.add_worker(2)
+        time.sleep(6)
+        leaving = stack.processes[0]
+        leaving.signal(signal.SIGTERM)
+        _, took = _exit_status(leaving, 30)
+        assert took < 10 + 3
+        feeding.join()
+        assert_complete(stack, expected_windows(messages, WindowRules()), timeout_s=150)
+
+    counts: dict[str, int] = {}
+    backwards = []
+    for message in read_all(kafka_bootstrap, settings.kafka.scores_topic, 60, idle_s=2.0):
+        record = orjson.loads(message.value() or b"{}")
+        sid, seen = record["session_id"], record["session_events"]
+        if seen < counts.get(sid, 0):
+            backwards.append((sid, counts[sid], seen))
+        counts[sid] = max(counts.get(sid, 0), seen)
+    assert not backwards, f"{len(backwards)} scores went backwards: {backwards[:3]}"

@@ -431,3 +431,16 @@ async def test_revoke_lets_pending_scores_finish_when_there_is_time() -> None:
     assert given_up == 0
     assert sorted(r.session_id for r in rec.scores) == ["a", "b"]
     assert sorted(rec.acked) == [0, 1]
+
+
+async def test_nothing_is_published_once_shutdown_began() -> None:
+    rec = Recorder()
+    pipe = pipeline(rec, SessionScorer())
+    await pipe.ingest(sessions("a"))
+    life = Lifecycle(5, exit=lambda code: None, signal_self=lambda: None)
+    life.on_shutdown.append(pipe.freeze)
+    life.begin_shutdown("SIGTERM")
+    await pipe.score_pending()
+    assert rec.scores == []
+    assert rec.acked == []
+    life.finished()
