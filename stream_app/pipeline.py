@@ -373,9 +373,10 @@ class Pipeline:
                 return 0
             self._observe_success(len(taken), time.perf_counter() - started)
             await self._model_up()
+            position = {id(entry): i for i, (_, entry) in enumerate(taken)}
             async with self._publishing:
                 taken = self._owned(taken, generation)
-                await self._settle_scored(taken, result)
+                await self._settle_scored([(position[id(e)], (sid, e)) for sid, e in taken], result)
         finally:
             async with self._changed:
                 self.in_flight = 0
@@ -383,18 +384,18 @@ class Pipeline:
         return len(taken)
 
     async def _settle_scored(
-        self, taken: list[tuple[str, PendingEntry[InMessage]]], result: BatchResult
+        self, taken: list[tuple[int, tuple[str, PendingEntry[InMessage]]]], result: BatchResult
     ) -> None:
-        """Publish the scores, dead-letter the sessions that failed alone, then ack both."""
-        scored = [(i, item) for i, item in enumerate(taken) if i not in result.failures]
-        failed = [(item, result.failures[i]) for i, item in enumerate(taken)
-                  if i in result.failures]  # fmt: skip
+        """Publish the scores, dead-letter the sessions that failed alone, then ack both.
+        ``taken`` pairs each session with its position in ``result``."""
+        scored = [(i, item) for i, item in taken if i not in result.failures]
+        failed = [(item, result.failures[i]) for i, item in taken if i in result.failures]
         if scored:
             await self._publish([item for _, item in scored],
                                 result.probabilities[[i for i, _ in scored]])  # fmt: skip
         if failed:
             await self._dead_letter_sessions(failed)
-        await self._ack([m for _, entry in taken for m in entry.tokens])
+        await self._ack([m for _, (_, entry) in taken for m in entry.tokens])
 
     async def _model_down(
         self,

@@ -444,3 +444,33 @@ async def test_nothing_is_published_once_shutdown_began() -> None:
     assert rec.scores == []
     assert rec.acked == []
     life.finished()
+
+
+class GatedScorer(SessionScorer):
+    """``SessionScorer`` whose calls wait for ``gate`` (a slow model mid-rebalance)."""
+
+    def __init__(self, nan: Sequence[str]) -> None:
+        super().__init__(nan=nan)
+        self.gate = threading.Event()
+
+    def score(self, snapshots: Sequence[WindowSnapshot]) -> np.ndarray:
+        self.gate.wait(30)
+        return super().score(snapshots)
+
+
+async def test_a_revoke_mid_batch_keeps_each_result_with_its_own_session() -> None:
+    rec = Recorder()
+    scorer = GatedScorer(nan=["b"])
+    pipe = pipeline(rec, scorer)
+    on = [message(0, "a", 1), message(1, "b", 1), message(2, "c", 1)]
+    on = [InMessage(m.key, m.value, m.topic, 0 if i == 0 else 1, m.offset, m.timestamp_ms)
+          for i, m in enumerate(on)]  # fmt: skip
+    await pipe.ingest(on)
+    scoring = asyncio.create_task(pipe.score_pending())
+    await asyncio.sleep(0.05)
+    await pipe.on_revoked([("user-events", 0)], drain_s=0.1)  # "a" was on partition 0
+    scorer.gate.set()
+    await asyncio.wait_for(scoring, 5)
+    assert [r.session_id for r in rec.scores] == ["c"]
+    assert [x["key"] for x in rec.letters] == [b"b"]
+    assert sorted(rec.acked) == [1, 2]
