@@ -185,6 +185,10 @@ class Inference:
             self.last_error = repr(exc)
             raise
 
+    async def probe(self) -> None:
+        """Score the known-good window alone; ``ModelUnavailable`` if that fails."""
+        await self._require_canary("probe")
+
     async def _require_canary(self, why: str) -> None:
         """Raise ``ModelUnavailable`` unless the known-good window scores to a finite value."""
         try:

@@ -346,11 +346,24 @@ class Pipeline:
         """Score pending sessions forever: whatever is pending, up to one model batch."""
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: len(self.pending) > 0)
+                await self._changed.wait_for(
+                    lambda: len(self.pending) > 0 or not self.breaker.closed
+                )
             if not self.breaker.allow():  # model down: wait for the next probe
                 await asyncio.sleep(max(0.01, self.breaker.wait_s()))
                 continue
-            await self.score_pending()
+            if len(self.pending) > 0:
+                await self.score_pending()
+            else:  # breaker half-open and nothing queued (a revoke took it): probe alone
+                await self._probe_model()
+
+    async def _probe_model(self) -> None:
+        try:
+            await self.inference.probe()
+        except ModelUnavailable as exc:
+            await self._model_down([], exc, len(self._revocations))
+            return
+        await self._model_up()
 
     async def score_pending(self) -> int:
         """Score up to ``max_score_batch`` pending sessions; returns how many were settled

@@ -474,3 +474,22 @@ async def test_a_revoke_mid_batch_keeps_each_result_with_its_own_session() -> No
     assert [r.session_id for r in rec.scores] == ["c"]
     assert [x["key"] for x in rec.letters] == [b"b"]
     assert sorted(rec.acked) == [1, 2]
+
+
+async def test_an_open_breaker_with_nothing_queued_still_probes_and_ingest_resumes() -> None:
+    rec = Recorder()
+    scorer = SessionScorer()
+    scorer.down = True
+    pipe = pipeline(rec, scorer, breaker_failures=1, breaker_cooldown_s=0.1)
+    await pipe.ingest(sessions("a"))
+    await pipe.score_pending()
+    assert not pipe.breaker.closed
+    await pipe.on_revoked([("user-events", 0)], drain_s=0)  # the queued session goes away
+    assert len(pipe.pending) == 0
+    scorer.down = False
+    scoring = asyncio.create_task(pipe.run_scoring())
+    try:
+        await asyncio.wait_for(pipe.ingest([message(5, "b", 1)]), 5)
+    finally:
+        scoring.cancel()
+    assert pipe.breaker.closed
