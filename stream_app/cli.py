@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 # Nothing may be fetched from a model hub at run time: weights come from disk only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,8 +38,6 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _build_model(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from stream_app.logs import configure_logging
 
     configure_logging("INFO")
@@ -54,15 +53,49 @@ def _build_model(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if not _prechecked("train", args.argv, logs=("--data",)):
+        return 2
+    if "--out" not in args.argv and "--force" not in args.argv and _shipped_weights().is_dir():
+        print(f"intent-stream train: training would overwrite the shipped weights in "
+              f"{_shipped_weights()}; pass --out DIR for new weights, or --force",
+              file=sys.stderr)  # fmt: skip
+        return 2
     from model_export.train import main as main_train
 
     return main_train(args.argv)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if not _prechecked("evaluate", args.argv, logs=("--events", "--train"),
+                       outputs=("--report-json",)):  # fmt: skip
+        return 2
     from model_export.evaluate import run_evaluate_cli
 
     return run_evaluate_cli(args.argv)
+
+
+def _prechecked(
+    command: str, argv: Sequence[str], logs: Sequence[str], outputs: Sequence[str] = ()
+) -> bool:
+    """Arguments checked before the sub-command imports torch (seconds on a busy machine)."""
+    from stream_app.errors import ConfigError
+    from stream_app.inputs import precheck_cli
+
+    try:
+        precheck_cli(argv, logs=logs, outputs=outputs)
+    except ConfigError as exc:
+        print(f"intent-stream {command}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _shipped_weights() -> Path:
+    """``model_export/weights`` without importing ``model_export.train`` (torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("model_export")
+    locations = spec.submodule_search_locations if spec else None
+    return Path(next(iter(locations or ["."]))) / "weights"
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

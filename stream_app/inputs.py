@@ -6,6 +6,9 @@ sub-commands turn it into exit status 2 (see ``cli.py``).
 
 from __future__ import annotations
 
+import argparse
+import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 from stream_app.errors import ConfigError
@@ -53,3 +56,33 @@ def _short(exc: BaseException) -> str:
         return "not UTF-8 text"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
+
+
+def precheck_cli(
+    argv: Sequence[str], *, logs: Sequence[str] = (), outputs: Sequence[str] = ()
+) -> None:
+    """Cheap checks of a sub-command's arguments before its heavy imports (torch takes
+    seconds to import on a busy machine): event logs readable, outputs writable, no negative
+    number after any option. The sub-command's own parser checks everything again."""
+    if "-h" in argv or "--help" in argv:
+        return
+    parser = argparse.ArgumentParser(add_help=False)
+    for flag in (*logs, *outputs):
+        parser.add_argument(flag)
+    known, _ = parser.parse_known_args(list(argv))
+    for flag in logs:
+        value = getattr(known, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            check_event_log(value, flag)
+    for flag in outputs:
+        check_output_file(flag, getattr(known, flag.lstrip("-").replace("-", "_")))
+    for flag, value in itertools.pairwise(argv):
+        if flag.startswith("--") and _is_negative(value):
+            raise ConfigError(f"{flag} must be >= 0 (got {value})")
+
+
+def _is_negative(text: str) -> bool:
+    try:
+        return float(text) < 0
+    except ValueError:
+        return False
