@@ -41,6 +41,7 @@ from model_export.data import Example, build_examples, load_dataset
 from model_export.metrics import metrics as weighted_metrics
 from model_export.tables import ExampleTable, build_table
 from stream_app.errors import ConfigError, ModelLoadError
+from stream_app.inputs import check_event_log, check_output_file, check_positive
 
 log = logging.getLogger("model_export.evaluate")
 
@@ -442,15 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(a: argparse.Namespace) -> None:
-    for flag, value in (("--train", a.train), ("--events", a.events)):
-        if not Path(value).exists():
-            raise ConfigError(f"{flag} {value}: no such file")
+    check_event_log(a.train, "--train")
+    check_event_log(a.events, "--events")
     if a.model_dir and not Path(a.model_dir).is_dir():
         raise ConfigError(f"--model-dir {a.model_dir} is not a directory")
-    if a.bootstrap < 0:
-        raise ConfigError("--bootstrap must be >= 0")
-    if Path(a.report_json).is_dir():
-        raise ConfigError(f"--report-json {a.report_json} is a directory")
+    check_positive("--bootstrap", a.bootstrap, allow_zero=True)
+    check_output_file("--report-json", a.report_json)
 
 
 def run_evaluate_cli(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from model_export.metrics import both_weightings
 from model_export.model import build_encoder, load_encoder, save_weights
 from model_export.select import DEFAULT_EVENTS, PER_SESSION, Candidate, cross_validate, rows_for
 from stream_app.errors import ConfigError
+from stream_app.inputs import check_event_log
 from stream_app.scoring.network import ItemEncoder
 
 log = logging.getLogger("model_export.train")
@@ -211,8 +212,7 @@ def check_args(a: argparse.Namespace) -> tuple[list[Path], Path]:
         raise ConfigError("--test-fraction must be in [0, 1)")
     events = [Path(p) for p in (a.events or [str(p) for p in DEFAULT_EVENTS])]
     for path in events:
-        if not path.exists():
-            raise ConfigError(f"--events {path}: no such file")
+        check_event_log(path, "--events")
     if a.out is None and not a.update_shipped:
         raise ConfigError(f"training would overwrite the shipped weights in {DEFAULT_OUT}; "
                           "pass --out DIR for new weights, or --update-shipped")  # fmt: skip

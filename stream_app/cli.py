@@ -51,6 +51,10 @@ def _build_model(args: argparse.Namespace) -> int:
 
     configure_logging("INFO")
     out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        print(f"intent-stream build-model: --out {out} is a file; pass a directory",
+              file=sys.stderr)  # fmt: skip
+        return 2
     weights = Path(args.weights) if args.weights else WEIGHTS_DIR
     try:
         print(build_model_dir(weights, out_dir=out, force=args.force))
@@ -76,6 +80,14 @@ def _build_engines(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     require_extra("train", "intent-stream train")
+    if not _prechecked("train", args.argv, logs=("--events", "--data")):
+        return 2
+    overwrite_flags = ("--out", "--update-shipped", "--force")
+    if not any(flag in args.argv for flag in overwrite_flags) and _shipped_weights().is_dir():
+        print(f"intent-stream train: training would overwrite the shipped weights in "
+              f"{_shipped_weights()}; pass --out DIR for new weights, or --update-shipped",
+              file=sys.stderr)  # fmt: skip
+        return 2
     from model_export.train import main as main_train
 
     return main_train(args.argv)
@@ -83,9 +95,36 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     require_extra("train", "intent-stream evaluate")
+    if not _prechecked("evaluate", args.argv, logs=("--events", "--train"),
+                       outputs=("--report-json",)):  # fmt: skip
+        return 2
     from model_export.evaluate import run_evaluate_cli
 
     return run_evaluate_cli(args.argv)
+
+
+def _prechecked(
+    command: str, argv: Sequence[str], logs: Sequence[str], outputs: Sequence[str] = ()
+) -> bool:
+    """Arguments checked before the sub-command imports torch (seconds on a busy machine)."""
+    from stream_app.errors import ConfigError
+    from stream_app.inputs import precheck_cli
+
+    try:
+        precheck_cli(argv, logs=logs, outputs=outputs)
+    except ConfigError as exc:
+        print(f"intent-stream {command}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _shipped_weights() -> Path:
+    """``model_export/weights`` without importing ``model_export.train`` (torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("model_export")
+    locations = spec.submodule_search_locations if spec else None
+    return Path(next(iter(locations or ["."]))) / "weights"
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

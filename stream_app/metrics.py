@@ -94,6 +94,30 @@ SCORING_FAILURES = Counter(
     "intent_scoring_failures_total", "Inference batches that raised", registry=REGISTRY
 )
 
+ABANDONED_CALLS = Counter(
+    "intent_inference_abandoned_total",
+    "Model calls abandoned after MODEL_INFERENCE_TIMEOUT_S (their thread is replaced)",
+    registry=REGISTRY,
+)
+BREAKER_OPEN = Gauge(
+    "intent_model_breaker_open",
+    "1 while the model circuit breaker is open or half-open (scoring and consumption paused)",
+    registry=REGISTRY,
+)
+PENDING_BYTES = Gauge(
+    "intent_pending_bytes",
+    "Bytes of consumed messages held until their sessions are scored",
+    registry=REGISTRY,
+)
+STALE_SCORES = Counter(
+    "intent_stale_scores_total",
+    "Scores published with stale=true (newest event older than SCORE_STALE_AFTER_S)",
+    registry=REGISTRY,
+)
+FATAL_ERRORS = Counter(
+    "intent_fatal_errors_total", "Errors that made the worker exit", registry=REGISTRY
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition-format payload and its media type.
