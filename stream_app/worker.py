@@ -13,7 +13,7 @@ from stream_app.errors import ConfigError, ModelLoadError
 from stream_app.lifecycle import Lifecycle
 from stream_app.logs import configure_logging, worker_logging_config
 from stream_app.preflight import check_broker, check_tls_files, run_checks
-from stream_app.scoring import load_scorer
+from stream_app.scoring import load_scorer, require_backend_packages
 from stream_app.store import RedisSessionStore, create_store
 from stream_app.windows import WindowRules
 
@@ -44,6 +44,7 @@ def build_worker_app(settings: Settings, lifecycle: Lifecycle | None = None) -> 
     if settings.redis.embedded:
         raise ConfigError("REDIS_URL is not set (the worker needs Redis)")
     check_tls_files(settings.kafka, settings.redis)
+    require_backend_packages(settings.model)
     check_broker(settings.kafka)
     rules = WindowRules.from_settings(settings.window)
     store = create_store(settings.redis, rules)

@@ -46,15 +46,22 @@ def resolve_model_dir(settings: ModelSettings) -> Path:
     return bundled_model_dir()
 
 
+def require_backend_packages(settings: ModelSettings) -> None:
+    """A backend whose packages are missing is an installation fault: say so in one line
+    before anything connects anywhere (``MissingExtra``)."""
+    if settings.backend == "torch":
+        require_extra("torch", "MODEL_BACKEND=torch")
+
+
 def load_scorer(settings: ModelSettings) -> Scorer:
     """Build the backend ``settings.backend`` names over the resolved model directory."""
+    require_backend_packages(settings)
     model_dir = resolve_model_dir(settings)
     if settings.backend == "onnx":
         from stream_app.scoring.onnx_backend import OnnxScorer
 
         return OnnxScorer(model_dir, variant=settings.variant, threads=settings.threads)
     if settings.backend == "torch":
-        require_extra("torch", "MODEL_BACKEND=torch")
         from stream_app.scoring.torch_backend import TorchScorer
 
         return TorchScorer(model_dir, device=settings.device, threads=settings.threads)

@@ -154,10 +154,10 @@ def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) 
 
 
 @pytest.mark.parametrize("worker", WORKERS)
-def test_worker_healthcheck_hits_the_health_page(services: dict[str, Any], worker: str) -> None:
+def test_worker_healthcheck_hits_the_readiness_page(services: dict[str, Any], worker: str) -> None:
     check = " ".join(services[worker]["healthcheck"]["test"])
     port = _env(services[worker])["WORKER_WEB_PORT"]
-    assert f"127.0.0.1:{port}/health" in check
+    assert f"127.0.0.1:{port}/readyz" in check
 
 
 def test_gpu_worker_reserves_an_nvidia_gpu(services: dict[str, Any]) -> None:
@@ -307,7 +307,7 @@ def test_dockerfile_runs_the_worker_as_non_root_with_a_healthcheck(dockerfile: s
     instructions = _instructions(dockerfile)
     assert _last(instructions, "CMD") == '["intent-stream", "worker"]'
     healthcheck = _last(instructions, "HEALTHCHECK")
-    assert "/health" in healthcheck
+    assert "/readyz" in healthcheck
     assert "WORKER_WEB_PORT" in healthcheck
     assert _last(instructions, "USER") not in {"root", "0"}
     runs = " ".join(args for instruction, args in instructions if instruction == "RUN")
