@@ -37,7 +37,7 @@ from stream_app.scoring.preprocess import (
     SessionBatch,
     SnapshotScoring,
 )
-from stream_app.scoring.tensorrt_backend import ENGINES, bucket_shapes, warm_inputs
+from stream_app.scoring.tensorrt_backend import bucket_shapes, warm_inputs
 
 if TYPE_CHECKING:
     import torch
@@ -224,8 +224,7 @@ class TorchScorer(SnapshotScoring):
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "graphs_enabled": self.graphs_enabled,
-                "cuda_graphs": {k: len(g.graphs) for k, g in self.graphs.items()},
-                "inputs": {k: list(ENGINES[k][0]) for k in ENGINES}}  # fmt: skip
+                "cuda_graphs": {k: len(g.graphs) for k, g in self.graphs.items()}}  # fmt: skip
 
     def close(self) -> None:
         with self._lock:
