@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -32,7 +31,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from stream_app.errors import ConfigError
 
@@ -101,20 +99,19 @@ def probe_gpu() -> GpuEnvironment:
     return GpuEnvironment(str(tensorrt.__version__), str(torch.cuda.get_device_name()))
 
 
+def timing_cache_name(gpu: GpuEnvironment) -> str:
+    """One TensorRT timing cache per (TensorRT version, GPU): a cache is only valid there."""
+    return f"timing-{engine_key('', gpu).lstrip('-')}.cache"
+
+
 def build_with_tensorrt(staged: Path, cache_dir: Path) -> None:
-    """Build the engines into ``staged`` with ``tensorrt_build.build_engines``, whichever of
-    its signatures is in place: ``(model_dir, out_dir)`` or ``(model_dir, ...)`` writing
-    into the model directory. The timing cache lives next to the engines and is reused."""
+    """Build the engines into ``staged`` with ``tensorrt_build.build_engines(model_dir,
+    out_dir)``; the timing cache for this TensorRT and GPU lives in the cache volume and
+    is reused by the next build (a new model on the same GPU builds in a fraction)."""
     from model_export.tensorrt_build import build_engines
 
-    entry: Any = build_engines  # its signature is the model owner's; adapt to it
-    params = inspect.signature(entry).parameters
-    kwargs: dict[str, Any] = {}
-    if "timing_cache" in params:
-        kwargs["timing_cache"] = cache_dir / "timing.cache"
-    if "out_dir" in params:
-        kwargs["out_dir"] = staged
-    entry(staged, **kwargs)
+    cache = cache_dir / timing_cache_name(probe_gpu())
+    build_engines(staged, staged, timing_cache=cache)
 
 
 def ensure_engines(

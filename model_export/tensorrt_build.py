@@ -9,16 +9,24 @@ preprocessor: the item encoder's profiles are planned from the model's batch and
 buckets (``bucket``: one exact-shape profile per (batch, tokens) bucket, the fastest kernels;
 ``seq``: one profile per token bucket spanning every batch bucket, a quicker build); the
 session model's from the batch buckets at the window's K events.
-Precision is FP16 with LayerNorm, Softmax and reductions pinned to FP32
+Both profile sets are checked to cover every shape the preprocessor can emit, with the
+serving backend's own shape function (``tensorrt_backend.io_shapes``).
+Precision is FP16 with LayerNorm, Softmax and reductions pinned to FP32, and so are
+elementwise layers fed by constants outside the fp16 range (BERT's additive attention mask)
 (``OBEY_PRECISION_CONSTRAINTS``): those are where fp16 loses BERT accuracy. A timing cache
-file persists across builds (``--timing-cache``), so rebuilding on the same GPU mostly skips
-kernel autotuning. ``tensorrt`` is imported lazily: planning and the CLI parse without it.
+file persists across builds (``--timing-cache``; a stale one from another GPU is dropped), so
+rebuilding on the same GPU mostly skips kernel autotuning. ``tensorrt`` is imported lazily:
+planning and the CLI parse without it. ``build_engines(model_dir, out_dir)`` is the entry
+point ``model_export.engine_cache`` (``intent-stream build-engines``) calls.
+Imports: this module never imports ``model_export.gpu_check`` (which uses it through
+``engine_cache``), so there is no import loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -30,7 +38,14 @@ import numpy as np
 
 from stream_app.errors import ModelLoadError
 from stream_app.scoring.model_dir import ModelMetadata, load_metadata, write_metadata
-from stream_app.scoring.tensorrt_backend import EngineProfile, import_tensorrt
+from stream_app.scoring.tensorrt_backend import (
+    ENGINES,
+    EngineProfile,
+    bucket_shapes,
+    capture_plan,
+    import_tensorrt,
+    io_shapes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +72,36 @@ def plan_profiles(
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 
-def profile_shapes(profile: EngineProfile) -> Shapes:
-    """Item encoder: (min, opt, max) shapes of each input for ``set_shape``."""
+def _shapes(kind: str, profile: EngineProfile, item_dim: int, n_features: int) -> Shapes:
+    """(min, opt, max) shape of each input of ``kind`` for ``set_shape``: the serving
+    backend's own ``io_shapes``, so builder and runtime cannot disagree on a layout."""
     batches = (profile.min_batch, profile.opt_batch, profile.max_batch)
-    shape = tuple((b, profile.tokens) for b in batches)
-    return {"input_ids": shape, "attention_mask": shape}  # type: ignore[dict-item]
+    per_batch = [io_shapes(kind, b, profile.tokens, item_dim, n_features) for b in batches]
+    inputs = ENGINES[kind][0]
+    return {name: (per_batch[0][name], per_batch[1][name], per_batch[2][name]) for name in inputs}
+
+
+def profile_shapes(profile: EngineProfile, item_dim: int = 64) -> Shapes:
+    """Item encoder: (min, opt, max) shapes of each input for ``set_shape``."""
+    return _shapes("items", profile, item_dim, 0)
 
 
 def session_profile_shapes(profile: EngineProfile, meta: ModelMetadata) -> Shapes:
     """Session model: ``profile.tokens`` is the window's K events."""
-    from stream_app.features import EVENT_NUMERIC_NAMES
-
-    k, f = profile.tokens, len(meta.feature_names)
-    batches = (profile.min_batch, profile.opt_batch, profile.max_batch)
-    dims = {"items": (k, meta.item_dim), "event_types": (k,),
-            "numerics": (k, len(EVENT_NUMERIC_NAMES)), "mask": (k,), "features": (f,)}  # fmt: skip
-    return {name: tuple((b, *rest) for b in batches) for name, rest in dims.items()}  # type: ignore[misc]
+    return _shapes("session", profile, meta.item_dim, len(meta.feature_names))
 
 
 def session_profiles(meta: ModelMetadata, mode: ProfileMode) -> list[EngineProfile]:
     return plan_profiles((meta.max_events,), meta.batch_buckets, mode)
+
+
+def engine_plans(meta: ModelMetadata, mode: ProfileMode) -> dict[str, list[EngineProfile]]:
+    """The profiles of both engines; every shape the preprocessor emits is covered (checked)."""
+    plans = {"items": plan_profiles(meta.seq_buckets, meta.batch_buckets, mode),
+             "session": session_profiles(meta, mode)}  # fmt: skip
+    for kind, profiles in plans.items():
+        capture_plan(profiles, bucket_shapes(kind, meta))  # raises if a bucket is uncovered
+    return plans
 
 
 def _parse_onnx(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path) -> Any:
@@ -88,19 +113,65 @@ def _parse_onnx(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path) -> 
     return network
 
 
+FP16_MAX = 65504.0
+FP32_LAYERS = ("NORMALIZATION", "SOFTMAX", "REDUCE")  # where fp16 loses BERT accuracy
+
+
+def _layers(network: Any) -> list[Any]:
+    return [network.get_layer(i) for i in range(network.num_layers)]
+
+
+def _wide_constants(trt: ModuleType, network: Any) -> set[str]:
+    """Output names of constants outside the fp16 range (BERT's additive attention mask is
+    ``(1 - mask) * finfo(float32).min``: in fp16 that is -inf, and 0 * -inf is NaN)."""
+    names = set()
+    for layer in _layers(network):
+        if layer.type != trt.LayerType.CONSTANT:
+            continue
+        layer.__class__ = trt.IConstantLayer  # the Python API's documented downcast
+        values = np.asarray(layer.weights.numpy())
+        if values.dtype.kind == "f" and values.size and float(np.max(np.abs(values))) > FP16_MAX:
+            names.add(layer.get_output(0).name)
+    return names
+
+
+def fp32_layer(layer_type: str, input_names: Sequence[str], wide: set[str]) -> bool:
+    """Whether a layer stays in FP32 inside the FP16 engine (pure: the rule itself)."""
+    return layer_type in FP32_LAYERS or any(name in wide for name in input_names)
+
+
 def _pin_fp32(trt: ModuleType, network: Any) -> int:
-    """Keep numerically sensitive layers in FP32 inside an FP16 engine; count pinned."""
-    sensitive = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+    """Keep numerically sensitive layers in FP32 inside an FP16 engine; count pinned.
+
+    LayerNorm (``NORMALIZATION``; opset 17 exports ``LayerNormalization`` whole), Softmax and
+    reductions (mean pooling) always; elementwise layers fed by constants fp16 cannot hold.
+    ``OBEY_PRECISION_CONSTRAINTS`` makes the builder honour these or fail.
+    """
+    wide = _wide_constants(trt, network)
     pinned = 0
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        if layer.type in sensitive:
-            layer.precision = trt.float32
-            for output in range(layer.num_outputs):
-                if layer.get_output(output).dtype in (trt.float32, trt.float16):
-                    layer.set_output_type(output, trt.float32)
-            pinned += 1
+    for layer in _layers(network):
+        inputs = [layer.get_input(j) for j in range(layer.num_inputs)]
+        names = [t.name for t in inputs if t is not None]
+        if not fp32_layer(layer.type.name, names, wide):
+            continue
+        layer.precision = trt.float32
+        for output in range(layer.num_outputs):
+            if layer.get_output(output).dtype in (trt.float32, trt.float16):
+                layer.set_output_type(output, trt.float32)
+        pinned += 1
     return pinned
+
+
+def _timing_cache(config: Any, cached: bytes) -> Any:
+    """The builder's timing cache, seeded from ``cached``; one from another GPU or TensorRT
+    version (or a damaged file) is dropped, not trusted: the build then times from scratch."""
+    cache = config.create_timing_cache(cached) if cached else None
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        if cached:
+            log.warning("timing cache does not match this GPU/TensorRT; starting a new one")
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
 
 
 def _builder_config(trt: ModuleType, builder: Any, cache_bytes: bytes, workspace_gib: float) -> Any:
@@ -108,8 +179,7 @@ def _builder_config(trt: ModuleType, builder: Any, cache_bytes: bytes, workspace
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     config.set_flag(trt.BuilderFlag.FP16)
     config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _timing_cache(config, cache_bytes)
     return config
 
 
@@ -119,12 +189,13 @@ def build_engine(
     timing_cache: Path,
     workspace_gib: float = 4.0,
 ) -> bytes:
-    """Serialized FP16 engine with ``profiles``; updates the timing cache file."""
+    """Serialized FP16 engine with one optimization profile per entry of ``shapes``;
+    updates the timing cache file (atomically: pods sharing it never read half a file)."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = _parse_onnx(trt, builder, logger, onnx_path)
-    log.info("pinned %d layers to fp32", _pin_fp32(trt, network))
+    log.info("%s: pinned %d layers to fp32", onnx_path.name, _pin_fp32(trt, network))
     cached = timing_cache.read_bytes() if timing_cache.is_file() else b""
     config = _builder_config(trt, builder, cached, workspace_gib)
     for profile in shapes:
@@ -136,8 +207,10 @@ def build_engine(
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build an engine from {onnx_path}")
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    # The builder adds every kernel timing it measured to the config's cache.
-    timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    # The builder added every kernel timing it measured to the config's cache.
+    partial = timing_cache.with_name(f".{timing_cache.name}.{os.getpid()}")
+    partial.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    os.replace(partial, timing_cache)
     return bytes(memoryview(serialized))
 
 
@@ -163,12 +236,9 @@ def build_engines(
     if target.resolve() != Path(model_dir).resolve():
         shutil.copytree(model_dir, target, dirs_exist_ok=True)
     meta = load_metadata(target)
-    plans = {
-        "items": plan_profiles(meta.seq_buckets, meta.batch_buckets, mode),
-        "session": session_profiles(meta, mode),
-    }
+    plans = engine_plans(meta, mode)
     shapes = {
-        "items": [profile_shapes(p) for p in plans["items"]],
+        "items": [profile_shapes(p, meta.item_dim) for p in plans["items"]],
         "session": [session_profile_shapes(p, meta) for p in plans["session"]],
     }
     graphs = {"items": meta.onnx["fp32"], "session": meta.onnx["session"]}
@@ -241,9 +311,26 @@ def sample_windows(n: int) -> list[Any]:
     return windows
 
 
+def time_items(scorer: Any, batch: Any, seconds: float = 1.0) -> dict[str, Any]:
+    """Warm up, then time the item encoder alone (``run_items``) for ~``seconds`` (>= 3 runs)."""
+    for _ in range(3):  # first calls pick kernels
+        scorer.run_items(batch)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(latencies) < 3 or (time.perf_counter() < deadline and len(latencies) < 2000):
+        start = time.perf_counter()
+        scorer.run_items(batch)
+        latencies.append(time.perf_counter() - start)
+    ms = np.asarray(latencies) * 1000.0
+    rows, tokens = batch.shape
+    p50 = float(np.percentile(ms, 50))
+    return {"batch": rows, "seq": tokens, "runs": len(latencies), "p50_ms": round(p50, 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "seq_per_s": round(rows / p50 * 1000.0, 1)}  # fmt: skip
+
+
 def perf(model_dir: Path, seconds: float = 1.0) -> list[dict[str, Any]]:
-    """Latency/throughput of the item engine at every bucket shape (gpu_check.time_items)."""
-    from model_export.gpu_check import time_items
+    """Latency/throughput of the item engine alone at every bucket shape."""
     from stream_app.scoring.tensorrt_backend import TensorRTScorer
 
     scorer = TensorRTScorer(model_dir)

@@ -170,3 +170,52 @@ def test_real_engines_build_once_and_the_worker_backend_loads_them(
         assert scorer.model_version
     finally:
         scorer.close()
+
+
+def _overlay_init_command() -> list[str]:
+    import yaml
+
+    patch = yaml.safe_load((ROOT / "deploy/k8s/overlays/gpu/worker-gpu.yaml").read_text())
+    (init,) = patch["spec"]["template"]["spec"]["initContainers"]
+    return [str(part) for part in init["command"]]
+
+
+def test_gpu_image_paths_agree_between_dockerfile_init_container_and_worker() -> None:
+    import yaml
+
+    command = _overlay_init_command()
+    model_dir = command[command.index("--model-dir") + 1]
+    out = command[command.index("--out") + 1]
+    dockerfile = (ROOT / "deploy/Dockerfile.gpu").read_text()
+    assert f"COPY --from=model {model_dir} {model_dir}" in dockerfile, "the image holds the model"
+    patch = yaml.safe_load((ROOT / "deploy/k8s/overlays/gpu/worker-gpu.yaml").read_text())
+    (worker,) = patch["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env["MODEL_DIR"] == f"{out}/{CURRENT_LINK}"
+    assert env["MODEL_BACKEND"] == "tensorrt"
+    assert any(m["mountPath"] == out for m in worker["volumeMounts"])
+    compose = (ROOT / "deploy/docker-compose.yml").read_text()
+    assert f"intent-stream build-engines --model-dir {model_dir}" in compose
+
+
+def test_the_init_containers_own_command_fails_in_one_line_without_a_gpu(
+    source: Path, tmp_path: Path
+) -> None:
+    """The overlay's exact command, with its two paths pointed here, through the real CLI."""
+    command = _overlay_init_command()
+    assert command[:2] == ["intent-stream", "build-engines"]
+    args = list(command[2:])
+    args[args.index("--model-dir") + 1] = str(source)
+    args[args.index("--out") + 1] = str(tmp_path / "engines")
+    done = subprocess.run(
+        [sys.executable, "-m", "stream_app.cli", "build-engines", *args],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "HOME": str(tmp_path)},
+    )  # fmt: skip
+    if done.returncode == 0:
+        pytest.skip("this machine has a GPU and TensorRT: the gpu test below covers it")
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("intent-stream build-engines: ")
+    assert not (tmp_path / "engines").exists() or not any((tmp_path / "engines").iterdir())
