@@ -42,6 +42,7 @@ from stream_app.privacy import Pseudonymizer
 from stream_app.retry import Backoff
 from stream_app.scores import ScoreRecord, iso_utc
 from stream_app.store import SessionStore
+from stream_app.triggers.facts import window_facts
 from stream_app.windows import WindowSnapshot
 
 log = logging.getLogger(__name__)
@@ -347,6 +348,7 @@ class Pipeline:
             ingest_ms=entry.newest_ingest_ms,
             oldest_ingest_ms=entry.oldest_ingest_ms,
             worker=self.worker_id,
+            facts=window_facts(snapshot).to_dict(),
         )
 
     async def _dead_letter_sessions(self, taken: list[tuple[str, PendingEntry[InMessage]]]) -> None:

@@ -7,7 +7,7 @@ Kafka record timestamps set when the events were produced.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +28,8 @@ class ScoreRecord:
     ingest_ms: int  # Kafka timestamp of the newest event this score covers
     oldest_ingest_ms: int  # Kafka timestamp of the oldest event first covered by this score
     worker: str = ""
+    # Window facts the trigger rules test (``stream_app.triggers.facts.WindowFacts``).
+    facts: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
