@@ -26,6 +26,7 @@ from faust.web import Request, Response, View
 
 from stream_app import metrics
 from stream_app.acks import OrderedAcks
+from stream_app.api.latest import LatestScores
 from stream_app.config import Settings
 from stream_app.pipeline import InMessage, Pipeline, Scorer
 from stream_app.scores import ScoreRecord
@@ -72,7 +73,13 @@ def build_faust_app(settings: Settings) -> faust.App:
     )
 
 
-def create_app(settings: Settings, *, scorer: Scorer, store: SessionStore) -> faust.App:
+def create_app(
+    settings: Settings,
+    *,
+    scorer: Scorer,
+    store: SessionStore,
+    latest: LatestScores | None = None,
+) -> faust.App:
     kafka = settings.kafka
     app = build_faust_app(settings)
     events_topic = app.topic(kafka.events_topic, key_type=bytes, value_type=bytes)
@@ -101,6 +108,7 @@ def create_app(settings: Settings, *, scorer: Scorer, store: SessionStore) -> fa
         publish_dead_letters=publish_dead_letters,
         ack=ack,
         worker_id=f"{socket.gethostname()}:{os.getpid()}",
+        latest=latest,
     )
 
     @app.agent(events_topic)

@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 
 from stream_app import metrics
+from stream_app.api.latest import LatestScores
 from stream_app.batching import (
     PendingEntry,
     PendingScores,
@@ -117,6 +118,7 @@ class Pipeline:
         ack: Ack,
         clock: Clock = wall_clock_ms,
         worker_id: str = "",
+        latest: LatestScores | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -126,6 +128,7 @@ class Pipeline:
         self._ack = ack
         self._clock = clock
         self.worker_id = worker_id
+        self._latest = latest  # the read API's latest scores (None: not written)
         self.limits = EventLimits.from_settings(settings.window, settings.kafka.max_message_bytes)
         privacy = settings.privacy
         self._pseudonymizer = (
@@ -324,6 +327,7 @@ class Pipeline:
         ]
         await self._publish_scores(records)
         acked_ms = self._clock()
+        await self._write_latest(records)
         for _, entry in taken:
             metrics.E2E_LATENCY_SECONDS.observe(max(0, acked_ms - entry.oldest_ingest_ms) / 1000)
         metrics.SCORES_OUT.inc(len(records))
@@ -350,6 +354,15 @@ class Pipeline:
             worker=self.worker_id,
             facts=window_facts(snapshot).to_dict(),
         )
+
+    async def _write_latest(self, records: list[ScoreRecord]) -> None:
+        """One pipelined write for the read API; a failure only delays what it serves."""
+        if self._latest is None:
+            return
+        try:
+            await self._latest.write(records)
+        except StoreUnavailable as exc:
+            log.warning("latest scores not written (the read API lags): %s", exc)
 
     async def _dead_letter_sessions(self, taken: list[tuple[str, PendingEntry[InMessage]]]) -> None:
         """Inference kept failing: record each session (and the events it waited on)."""

@@ -6,12 +6,13 @@ import logging
 
 import faust
 
+from stream_app.api.latest import InMemoryLatestScores, LatestScores, RedisLatestScores
 from stream_app.app import create_app
 from stream_app.config import Settings, load_settings
 from stream_app.errors import ConfigError, ModelLoadError
 from stream_app.logs import configure_logging, worker_logging_config
 from stream_app.scoring import load_scorer
-from stream_app.store import create_store
+from stream_app.store import MEMORY_SCHEME, create_store, redis_client
 from stream_app.windows import WindowRules
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,18 @@ def build_worker_app(settings: Settings) -> faust.App:
         raise ConfigError("REDIS_URL is not set (the worker needs Redis)")
     scorer = load_scorer(settings.model)
     store = create_store(settings.redis, WindowRules.from_settings(settings.window))
-    return create_app(settings, scorer=scorer, store=store)
+    return create_app(settings, scorer=scorer, store=store, latest=latest_scores(settings))
+
+
+def latest_scores(settings: Settings) -> LatestScores | None:
+    """Where the worker writes latest scores for the read API (None: API_WRITE_LATEST=false)."""
+    if not settings.api.write_latest:
+        return None
+    if settings.redis.url.strip().startswith(MEMORY_SCHEME):
+        return InMemoryLatestScores()
+    return RedisLatestScores(
+        redis_client(settings.redis), settings.redis.key_prefix, settings.api.score_ttl_s
+    )
 
 
 def run_worker() -> int:
