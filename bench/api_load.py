@@ -91,7 +91,8 @@ async def run_load(port: int, ids: list[str], args: argparse.Namespace) -> dict[
     latencies = np.full(n, np.nan)
     statuses: dict[int, int] = {}
     gate = asyncio.Semaphore(args.max_in_flight)
-    connector = aiohttp.TCPConnector(limit=args.max_in_flight)
+    # Idle client connections close before the server's keep-alive (30 s) could drop them.
+    connector = aiohttp.TCPConnector(limit=args.max_in_flight, keepalive_timeout=10)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=connector,
                                      headers=headers) as http:  # fmt: skip
@@ -100,9 +101,15 @@ async def run_load(port: int, ids: list[str], args: argparse.Namespace) -> dict[
 
         async def one(k: int) -> None:
             scheduled = start + k / args.rate
-            async with gate, http.get(paths[k]) as response:
-                await response.read()
-                statuses[response.status] = statuses.get(response.status, 0) + 1
+            status = 0  # a connection error
+            async with gate:
+                try:
+                    async with http.get(paths[k]) as response:
+                        await response.read()
+                        status = response.status
+                except aiohttp.ClientError:
+                    pass
+            statuses[status] = statuses.get(status, 0) + 1
             latencies[k] = loop.time() - scheduled
 
         tasks = []
@@ -116,11 +123,19 @@ async def run_load(port: int, ids: list[str], args: argparse.Namespace) -> dict[
     measured = latencies[int(args.warmup * args.rate) :] * 1000
     return {
         "requests": n, "measured": int(measured.size), "rate_target": args.rate,
-        "rate_achieved": round(n / elapsed, 1), "statuses": statuses,
+        "rate_achieved": round(n / elapsed, 1),
+        "statuses": {str(k): v for k, v in statuses.items()},
         **{f"latency_ms_p{q}": round(float(np.nanpercentile(measured, q)), 3)
            for q in (50, 90, 99, 99.9)},
         "latency_ms_max": round(float(np.nanmax(measured)), 3),
     }  # fmt: skip
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (``/proc/<pid>/stat``), in seconds: the server's
+    own cost per request, whatever else the machine is running."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         api = start_api(redis.url, port, Path(tmp) / "api.log")
         try:
+            cpu_before = cpu_seconds(api.pid)
             report = uvloop.run(run_load(port, ids, args))
+            cpu = cpu_seconds(api.pid) - cpu_before
+            report["api_cpu_us_per_request"] = round(1e6 * cpu / report["requests"], 1)
+            if any(not k.startswith(("2", "4")) for k in report["statuses"]):
+                report["api_log_tail"] = (Path(tmp) / "api.log").read_text()[-1500:]
         finally:
             api.terminate()
             api.wait(10)

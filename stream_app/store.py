@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -321,8 +321,12 @@ class StoreRetry(Retry):
         return await super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
-def redis_client(settings: RedisSettings) -> Redis:
-    """A redis.asyncio client from settings: TLS for ``rediss://``, retries as a value."""
+def redis_client(settings: RedisSettings, pool_size: int | None = None) -> Redis:
+    """A redis.asyncio client from settings: TLS for ``rediss://``, retries as a value.
+
+    With ``pool_size``, at most that many connections, and a caller waits (up to the socket
+    timeout) for a free one instead of failing: for servers with many concurrent requests.
+    """
     url = settings.url.strip()
     retry = StoreRetry(
         ExponentialBackoff(cap=settings.backoff_cap_s, base=settings.backoff_base_s),
@@ -345,6 +349,11 @@ def redis_client(settings: RedisSettings) -> Redis:
             "ssl_keyfile": settings.ssl_keyfile,
         }
         options |= {k: str(v) for k, v in tls.items() if v is not None}
+    if pool_size is not None:
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=settings.socket_timeout_s, **options
+        )
+        return Redis(connection_pool=pool)
     return Redis.from_url(url, **options)
 
 
