@@ -65,3 +65,16 @@ def test_backtest_runs_the_model_and_the_twin(model_dir: Path, tmp_path: Path) -
     assert set(model) == {"fired", "sessions", "precision", "recall", "median_lead_s"}
     assert abs(twin["fired"] - model["fired"]) <= max(2, model["fired"] // 5)
     orjson.dumps(report)
+
+
+def test_live_replay_triggers_map_back_to_the_log_clock() -> None:
+    from stream_app.triggers.live import _on_log_clock, _original
+
+    assert _original("abc#r12", "#r12") == "abc"
+    assert _original("abc#r12#L2", "#r12") is None  # later loop passes are not the log
+    assert _original("abc", "") == "abc"
+    log_session = Session("abc", tuple(Event(f"e{i}", 1000 * i, "view", "abc") for i in range(4)),
+                          None)  # fmt: skip
+    shifted = fired("abc#r12", 99_999_999)
+    shifted = TriggerRecord(**{**shifted.to_dict(), "facts": {"n_events": 3}})
+    assert _on_log_clock(shifted, log_session).event_time_ms == 2000
