@@ -4,7 +4,9 @@ Each session's events run through the same window rules (``windows.apply_events`
 event at a time; every prefix that ends before the session's first purchase is scored by
 the same model (``load_scorer``), with the same window facts, and the scores go through the
 same trigger engine (in-memory state, the event time as the clock for cooldowns and rate
-limits). A session is *positive* if it goes on to buy.
+limits). A session is *positive* if it goes on to buy. Every prefix is scored, whereas the
+live worker may fold several events of a micro-batch into one score, so live persistence
+counts over fewer (coarser) scores.
 
 Per rule (``rules.<name>``): ``fired`` (triggers), ``precision`` (share of triggered
 sessions that bought), ``recall`` (share of buying sessions triggered before their purchase,
