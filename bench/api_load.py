@@ -32,8 +32,8 @@ import orjson
 from stream_app.api.latest import RedisLatestScores
 from stream_app.config import RedisSettings
 from stream_app.embedded import EmbeddedRedis, free_port
+from stream_app.redis_connect import redis_client
 from stream_app.scores import ScoreRecord
-from stream_app.store import redis_client
 
 TOKEN = "bench-token-0123456789"  # noqa: S105 - a throwaway loopback token
 

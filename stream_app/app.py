@@ -225,8 +225,9 @@ def create_triggers_app(settings: Settings, *, parts: TriggerParts) -> faust.App
     ``stream_app.triggers.engine``).
     """
     kafka, config = settings.kafka, settings.triggers
+    web = {"web_port": config.web_port, "web_host": config.web_host}
     worker = settings.worker.model_copy(
-        update={"app_id": config.app_id, "web_port": config.web_port, "web_host": config.web_host}
+        update={"app_id": config.app_id} | {k: v for k, v in web.items() if v is not None}
     )
     app = build_faust_app(settings.model_copy(update={"worker": worker}))
     scores_topic = app.topic(kafka.scores_topic, key_type=bytes, value_type=bytes)

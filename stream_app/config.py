@@ -54,11 +54,15 @@ class KafkaSettings(BaseSettings):
 
 
 class RedisSettings(BaseSettings):
-    """Session-store connection (``REDIS_*``). ``rediss://`` enables TLS."""
+    """Session-store connection (``REDIS_*``). ``rediss://`` enables TLS; ``+cluster`` and
+    ``+sentinel`` schemes pick Redis Cluster or Sentinel (``stream_app.redis_connect``)."""
 
     model_config = _env("REDIS_")
 
-    url: str = Field(default="", description="redis:// or rediss:// URL; empty means embedded")
+    url: str = Field(
+        default="",
+        description="redis[s]://, redis[s]+cluster://, redis[s]+sentinel://; empty = embedded",
+    )
     username: str = ""
     password: SecretStr = SecretStr("")
     ssl_ca_certs: Path | None = None
@@ -153,8 +157,9 @@ class TriggersSettings(BaseSettings):
 
     rules_path: Path | None = Field(default=None, description="empty = the shipped examples")
     app_id: str = Field(default="intent-stream-triggers", description="its consumer group")
-    web_port: int = Field(default=6067, ge=0, le=65535)
-    web_host: str = "127.0.0.1"
+    # Unset: WORKER_WEB_PORT / WORKER_WEB_HOST (one process per pod needs no other port).
+    web_port: int | None = Field(default=None, ge=0, le=65535)
+    web_host: str | None = None
     reasons: bool = Field(default=True, description="reason codes on every trigger")
     state_ttl_s: int = Field(default=2 * 3600, ge=60, description="per (rule, session) state")
 

@@ -266,11 +266,21 @@ class Pipeline:
             self._changed.notify_all()
         if not taken:
             return 0
-        probabilities = await self._infer_with_retry([entry.snapshot for _, entry in taken])
+        # Sessions that already bought are not the model's question (it is trained on the
+        # prefixes before the first purchase): they get score 1.0 and no model call.
+        bought = [item for item in taken if has_purchased(item[1].snapshot)]
+        to_score = [item for item in taken if not has_purchased(item[1].snapshot)]
+        probabilities = (
+            await self._infer_with_retry([entry.snapshot for _, entry in to_score])
+            if to_score
+            else np.empty(0)
+        )
         if probabilities is None:
-            await self._dead_letter_sessions(taken)
-        else:
-            await self._publish(taken, probabilities)
+            await self._dead_letter_sessions(to_score)
+            to_score, probabilities = [], np.empty(0)
+        if bought or to_score:
+            certain = np.ones(len(bought))
+            await self._publish(bought + to_score, np.concatenate([certain, probabilities]))
         await self._ack([m for _, entry in taken for m in entry.tokens])
         return len(taken)
 
@@ -352,6 +362,7 @@ class Pipeline:
             ingest_ms=entry.newest_ingest_ms,
             oldest_ingest_ms=entry.oldest_ingest_ms,
             worker=self.worker_id,
+            purchased=has_purchased(snapshot),
             facts=window_facts(snapshot).to_dict(),
         )
 
@@ -387,6 +398,11 @@ class Pipeline:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def has_purchased(snapshot: WindowSnapshot) -> bool:
+    """The session has accepted a purchase (any, even one trimmed from the kept window)."""
+    return snapshot.aggregates.count("purchase") > 0
 
 
 def _entry(snapshot: WindowSnapshot, waiting: list[InMessage]) -> PendingEntry[InMessage]:

@@ -11,8 +11,9 @@ from stream_app.app import create_app
 from stream_app.config import Settings, load_settings
 from stream_app.errors import ConfigError, ModelLoadError
 from stream_app.logs import configure_logging, worker_logging_config
+from stream_app.redis_connect import redis_client
 from stream_app.scoring import load_scorer
-from stream_app.store import MEMORY_SCHEME, create_store, redis_client
+from stream_app.store import MEMORY_SCHEME, create_store
 from stream_app.windows import WindowRules
 
 log = logging.getLogger(__name__)

@@ -10,3 +10,4 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("INTENT_STREAM_SHARED_DATA") or REPO.parent / "shared" / "data")
 SHARED_REES46 = SHARED_DATA / "rees46_multicategory" / "2019-Oct_head_users_a.csv"
 BUNDLED_SAMPLE = REPO / "stream_app" / "demo_data" / "rees46_2019-Oct_sample.csv"
+SHARED_GA_MERCH = SHARED_DATA / "ga_merch" / "2016-Aug-Oct_users_a.csv.gz"

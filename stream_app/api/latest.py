@@ -16,11 +16,11 @@ from typing import Any, Protocol
 import orjson
 from prometheus_client import Counter, Histogram
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
 from stream_app.errors import StoreUnavailable
 from stream_app.keys import session_tag
 from stream_app.metrics import REGISTRY
+from stream_app.redis_connect import RedisClient
 from stream_app.scores import ScoreRecord
 
 WRITE_SECONDS = Histogram(
@@ -117,7 +117,7 @@ class InMemoryLatestScores:
 
 
 class RedisLatestScores:
-    def __init__(self, client: Redis, key_prefix: str, ttl_s: int) -> None:
+    def __init__(self, client: RedisClient, key_prefix: str, ttl_s: int) -> None:
         self._client = client
         self._prefix = key_prefix
         self._ttl_ms = ttl_s * 1000

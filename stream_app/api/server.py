@@ -31,9 +31,10 @@ from pydantic import BaseModel
 from stream_app import metrics
 from stream_app.api.feed import DashboardState, TopicFeed
 from stream_app.api.latest import LatestScore, LatestScores
-from stream_app.config import Settings
+from stream_app.config import RedisSettings, Settings
 from stream_app.errors import StoreUnavailable
 from stream_app.privacy import Pseudonymizer
+from stream_app.redis_connect import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -215,15 +216,35 @@ def _probe_routes(app: FastAPI, context: ApiContext) -> None:
         return Response(payload, media_type=content_type)
 
 
+def pooled_client(settings: RedisSettings) -> RedisClient:
+    """The API's Redis client: on one node, a bounded pool where a request waits for a free
+    connection (up to the socket timeout) instead of failing under a burst; Cluster and
+    Sentinel clients as ``redis_connect`` builds them."""
+    from redis.asyncio import BlockingConnectionPool, Redis
+
+    from stream_app.redis_connect import connection_options, parse_redis_url, redis_client
+
+    target = parse_redis_url(settings.url.strip())
+    if target.topology != "single":
+        return redis_client(settings)
+    options = connection_options(settings, target)
+    pool = BlockingConnectionPool.from_url(
+        settings.url.strip(),
+        max_connections=API_REDIS_POOL,
+        timeout=settings.socket_timeout_s,
+        **options,
+    )
+    return Redis(connection_pool=pool)
+
+
 def build_api(settings: Settings) -> FastAPI:
     from stream_app.api.latest import RedisLatestScores
     from stream_app.errors import ConfigError
-    from stream_app.store import redis_client
 
-    if not settings.redis.url.startswith(("redis://", "rediss://")):
-        raise ConfigError("REDIS_URL must be a redis:// or rediss:// URL for the read API")
+    if settings.redis.embedded or settings.redis.url.startswith("memory://"):
+        raise ConfigError("REDIS_URL must name a Redis for the read API")
     redis = settings.redis
-    client = redis_client(redis, pool_size=API_REDIS_POOL)
+    client = pooled_client(redis)
     latest = RedisLatestScores(client, redis.key_prefix, settings.api.score_ttl_s)
     dashboard = DashboardState()
     feed = None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from stream_app.errors import ModelLoadError
+from stream_app.extras import require_extra
 
 if TYPE_CHECKING:
     from stream_app.config import ModelSettings
@@ -40,6 +41,7 @@ def resolve_model_dir(settings: ModelSettings) -> Path:
         if not Path(settings.dir).is_dir():
             raise ModelLoadError(f"MODEL_DIR {settings.dir} is not a directory")
         return Path(settings.dir)
+    require_extra("train", "running without MODEL_DIR (it builds the bundled model)")
     from model_export.bundle import default_model_dir
 
     return default_model_dir()
@@ -53,6 +55,7 @@ def load_scorer(settings: ModelSettings) -> Scorer:
 
         return OnnxScorer(model_dir, variant=settings.variant, threads=settings.threads)
     if settings.backend == "torch":
+        require_extra("torch", "MODEL_BACKEND=torch")
         from stream_app.scoring.torch_backend import TorchScorer
 
         return TorchScorer(model_dir, device=settings.device, threads=settings.threads)

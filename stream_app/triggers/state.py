@@ -21,10 +21,10 @@ from importlib import resources
 from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
 from stream_app.errors import StoreUnavailable
 from stream_app.keys import session_tag
+from stream_app.redis_connect import RedisClient
 from stream_app.triggers.evaluate import RuleState
 from stream_app.triggers.rules import Rule
 
@@ -115,7 +115,7 @@ def _load_script() -> bytes:
 class RedisTriggerState:
     """Trigger state in Redis: one pipelined ``EVALSHA`` per commit batch."""
 
-    def __init__(self, client: Redis, key_prefix: str, state_ttl_s: int) -> None:
+    def __init__(self, client: RedisClient, key_prefix: str, state_ttl_s: int) -> None:
         self._client = client
         self._prefix = key_prefix
         self._state_ttl_ms = str(state_ttl_s * 1000)
@@ -131,8 +131,12 @@ class RedisTriggerState:
     async def load(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
         if not keys:
             return []
+        # GETs in one pipeline, not MGET: a batch spans rules, i.e. Cluster slots.
+        pipe = self._client.pipeline(transaction=False)
+        for rule, session in keys:
+            pipe.get(self.state_key(rule, session))
         try:
-            values = await self._client.mget([self.state_key(r, s) for r, s in keys])
+            values = await pipe.execute()
         except redis_errors.RedisError as exc:
             raise StoreUnavailable(f"trigger state read failed: {exc}") from exc
         return [v.encode() if isinstance(v, str) else v for v in values]

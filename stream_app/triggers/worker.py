@@ -106,7 +106,8 @@ class TriggerParts:
 def build_parts(settings: Settings) -> TriggerParts:
     """Everything that can fail fast (config, rules file, model) fails here."""
     from stream_app.errors import ConfigError
-    from stream_app.store import RedisSessionStore, redis_client
+    from stream_app.redis_connect import redis_client
+    from stream_app.store import MEMORY_SCHEME, RedisSessionStore
     from stream_app.triggers.lookup import PublishedLookup
     from stream_app.triggers.rules import load_rules
     from stream_app.triggers.state import RedisTriggerState
@@ -114,8 +115,8 @@ def build_parts(settings: Settings) -> TriggerParts:
 
     if settings.kafka.embedded:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set (the triggers worker needs a broker)")
-    if settings.redis.embedded or not settings.redis.url.startswith(("redis://", "rediss://")):
-        raise ConfigError("REDIS_URL must be a redis:// or rediss:// URL for the triggers worker")
+    if settings.redis.embedded or settings.redis.url.strip().startswith(MEMORY_SCHEME):
+        raise ConfigError("REDIS_URL must name a Redis for the triggers worker")
     rules = load_rules(settings.triggers.rules_path)
     redis = settings.redis
     state = RedisTriggerState(redis_client(redis), redis.key_prefix, settings.triggers.state_ttl_s)
