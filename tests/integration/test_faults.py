@@ -53,6 +53,15 @@ def _scores_so_far(process: WorkerProcess) -> float:
     return metric_value(body.decode(), "intent_scores_total") if status == 200 else 0.0
 
 
+def _fired_so_far(process: WorkerProcess) -> float:
+    """Triggers the triggers worker has fired (its /metrics), polled cheaply."""
+    status, body = http_get(process, "/metrics")
+    lines = body.decode().splitlines() if status == 200 else []
+    fired = [line for line in lines if line.startswith("intent_trigger_decisions_total{")
+             and 'decision="fired"' in line]  # fmt: skip
+    return sum(float(line.rsplit(" ", 1)[1]) for line in fired)
+
+
 def _worker_id(process: WorkerProcess) -> str:
     assert process.proc is not None
     return f":{process.proc.pid}"
@@ -333,9 +342,9 @@ def test_sigkill_triggers_worker_mid_stream_no_duplicate_none_missing(
     with LocalStack(settings, worker_env=env, work_dir=tmp_path, triggers=1) as stack:
         stack.wait_healthy(assigned=True)
         triggers = stack.extra[0]
-        # Slow enough (15 s) that the first triggers appear while events are still coming.
-        feeding = TrackedProducer(kafka_bootstrap, kafka.events_topic).send_paced(messages, 60)
-        wait_until(lambda: len(published_triggers(settings)) >= 1, 90, "the first trigger")
+        # Slow enough (~20 s) that triggers fire while events are still coming.
+        feeding = TrackedProducer(kafka_bootstrap, kafka.events_topic).send_paced(messages, 45)
+        wait_until(lambda: _fired_so_far(triggers) >= 2, 90, "the first triggers")
         triggers.kill()  # SIGKILL: no shutdown hook, no final commit
         assert feeding.is_alive(), "the replay finished before the kill: not mid-stream"
         time.sleep(1.0)
