@@ -2,13 +2,18 @@
 
 ``model_only`` scores the very windows the worker scored (rebuilt from its score records and
 the log) in batches of the worker's mean batch size, with the worker's backend and thread
-setting: the ratio worker/model-only is the pipeline's in-worker efficiency.
+setting: the ratio worker/model-only is the pipeline's in-worker efficiency. The item
+encoder runs only for item texts the scorer's cache has not seen, so both a cold pass (empty
+cache) and a warm pass (every text cached, the steady state) are timed.
+
+    python -m bench.model --events LOG [--model-dir DIR] [--windows 2000] [--threads 2]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from stream_app.batching import length_sorted_chunks
-from stream_app.features import session_text
 from stream_app.pipeline import SCORE_CHUNK
 from stream_app.scoring.onnx_backend import OnnxScorer
 from stream_app.windows import WindowSnapshot
@@ -57,46 +61,34 @@ def matmul_gflops(threads: int, size: int = 1024, seconds: float = 2.0) -> float
 
 @dataclass(frozen=True)
 class ModelOnly:
-    seq_per_s: float
+    seq_per_s: float  # warm item cache (the steady state)
+    cold_seq_per_s: float  # empty item cache: every distinct item text encoded once
     batch_size: int
-    mean_tokens: float
-    seq_buckets: dict[int, int]  # padded length -> model calls (length-sorted chunks)
-    gflop_per_s: float  # useful FLOPs (unpadded tokens) per second
-    whole_batch_seq_per_s: float  # each batch in one model call
-    length_chunked_seq_per_s: float  # each batch as length-sorted chunks (as the worker does)
-
-
-def token_lengths(scorer: OnnxScorer, snapshots: Sequence[WindowSnapshot]) -> list[int]:
-    events = scorer.metadata.text_events
-    texts = [session_text(s, max_events=events) for s in snapshots]
-    return [len(ids) for ids in scorer.preprocessor.tokenize(texts)]
+    distinct_item_texts: int
+    mean_item_tokens: float
+    encoder_gflop_cold: float  # item-encoder FLOPs the cold pass spent
+    length_chunked_seq_per_s: float  # warm, each batch as length-sorted chunks (the worker)
 
 
 def model_only(
     model_dir: Path, snapshots: Sequence[WindowSnapshot], batch_size: int, threads: int
 ) -> ModelOnly:
-    """Throughput of ``OnnxScorer.score`` (tokenise + run) over ``snapshots`` in batches."""
+    """Throughput of ``OnnxScorer.score`` over ``snapshots`` in batches, cold and warm."""
     scorer = OnnxScorer(model_dir, threads=threads)
     batches = [snapshots[i : i + batch_size] for i in range(0, len(snapshots), batch_size)]
-    buckets: Counter[int] = Counter()  # padded length of each model call, as the worker runs it
-    for batch in batches:
-        lengths = [len(snapshot.events) for snapshot in batch]
-        for chunk in length_sorted_chunks(lengths, SCORE_CHUNK):
-            for encoded in scorer.preprocessor.encode([batch[i] for i in chunk]):
-                buckets[encoded.shape[1]] += 1
-    scorer.score(batches[0])  # warm the first bucket
-    whole = _timed(lambda: [scorer.score(batch) for batch in batches])
+    scorer.item_cache.clear()
+    cold = _timed(lambda: [scorer.score(batch) for batch in batches])
+    warm = _timed(lambda: [scorer.score(batch) for batch in batches])
     chunked = _timed(lambda: _score_all_by_length(scorer, batches))
-    elapsed = min(whole, chunked)  # the reference is the model's best on these windows
-    lengths = token_lengths(scorer, snapshots)
-    useful = sum(flops_per_sequence(n) for n in lengths)
+    texts = list(scorer.item_cache._entries)
+    lengths = [len(t) for t in scorer.preprocessor.tokenize(texts)]
     return ModelOnly(
-        seq_per_s=len(snapshots) / elapsed,
+        seq_per_s=len(snapshots) / warm,
+        cold_seq_per_s=len(snapshots) / cold,
         batch_size=batch_size,
-        mean_tokens=float(np.mean(lengths)),
-        seq_buckets=dict(sorted(buckets.items())),
-        gflop_per_s=useful / elapsed / 1e9,
-        whole_batch_seq_per_s=len(snapshots) / whole,
+        distinct_item_texts=len(texts),
+        mean_item_tokens=float(np.mean(lengths)) if lengths else 0.0,
+        encoder_gflop_cold=sum(flops_per_sequence(n) for n in lengths) / 1e9,
         length_chunked_seq_per_s=len(snapshots) / chunked,
     )
 
@@ -116,12 +108,36 @@ def _score_all_by_length(scorer: OnnxScorer, batches: Sequence[Sequence[WindowSn
 
 
 def as_dict(result: ModelOnly) -> dict[str, Any]:
-    return {
-        "seq_per_s": round(result.seq_per_s, 1),
-        "batch_size": result.batch_size,
-        "mean_tokens": round(result.mean_tokens, 1),
-        "seq_buckets": result.seq_buckets,
-        "useful_gflop_per_s": round(result.gflop_per_s, 1),
-        "whole_batch_seq_per_s": round(result.whole_batch_seq_per_s, 1),
-        "length_chunked_seq_per_s": round(result.length_chunked_seq_per_s, 1),
-    }
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in result.__dict__.items()}
+
+
+def log_windows(path: Path, n: int) -> list[WindowSnapshot]:
+    """Every prefix window of the log's sessions in time order, the first ``n`` of them."""
+    from model_export.data import group_sessions, iter_log_events, snapshots_for_session
+    from stream_app.windows import WindowRules
+
+    windows = []
+    for events in group_sessions(iter_log_events(path)).values():
+        windows.extend(snapshots_for_session(events, WindowRules()))
+        if len(windows) >= n:
+            break
+    return windows[:n]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from stream_app.scoring.locate import bundled_model_dir
+
+    p = argparse.ArgumentParser(description="model-alone throughput, cold and warm item cache")
+    p.add_argument("--events", type=Path, required=True)
+    p.add_argument("--model-dir", type=Path, default=None)
+    p.add_argument("--windows", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    windows = log_windows(a.events, a.windows)
+    result = model_only(a.model_dir or bundled_model_dir(), windows, a.batch_size, a.threads)
+    print(json.dumps(as_dict(result), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,98 +1,95 @@
-"""Baselines the fine-tuned model has to beat, on the same examples and the same encoding.
+"""Baselines with the model's inputs and the same tuning budget.
 
-- ``logreg``: logistic regression on ``behaviour_features`` (standardised).
-- ``hgb``: gradient-boosted trees (``HistGradientBoostingClassifier``) on the same features.
-- ``frozen_probe``: frozen MiniLM mean-pooled embedding of ``session_text`` ‖ standardised
-  features → logistic regression (what fine-tuning adds over an off-the-shelf encoder).
+Every baseline sees what the model sees: the window's feature vector (behaviour, last
+product, context one-hots, out-of-fold product/category rates) and its words (event types,
+item texts, category path, brand, price band, context) as TF-IDF:
 
-No class weighting: these models are meant to give usable probabilities (log-loss, Brier)
-as they are; the decision threshold is chosen on validation like the model's.
+- ``logreg``: logistic regression on standardised features ‖ TF-IDF (sparse).
+- ``hgb``: gradient-boosted trees on features ‖ a 32-d SVD of the TF-IDF.
+
+Each has a small grid (``GRIDS``) tuned by the same user-grouped CV as the model
+(``model_export.select``); the model's "frozen encoder + the same head" comparison is the
+session model with ``tune_layers = 0`` (``model_export.fit``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import torch
+from scipy import sparse
+from sklearn.decomposition import TruncatedSVD
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from model_export.data import Batch, Example, encode_examples, tokenizer_for
-from model_export.model import load_encoder, mean_pool
-from stream_app.features import behaviour_matrix
-
-Scorer = Callable[[list[Example]], np.ndarray]
+Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (features, texts) -> P(buy)
 
 
-@dataclass(frozen=True, slots=True)
-class FittedBaseline:
+@dataclass(frozen=True)
+class BaselineSpec:
     name: str
-    score: Scorer  # examples -> P(buy)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> str:
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.name}({inner})"
 
 
-def hand_features(examples: list[Example]) -> np.ndarray:
-    return behaviour_matrix([e.snapshot for e in examples]).astype(np.float64)
+GRIDS: dict[str, list[dict[str, Any]]] = {
+    "logreg": [{"C": 0.05}, {"C": 0.5}],
+    "hgb": [
+        {"learning_rate": 0.05, "max_leaf_nodes": 31, "max_iter": 300, "min_samples_leaf": 50},
+        {"learning_rate": 0.1, "max_leaf_nodes": 15, "max_iter": 150, "min_samples_leaf": 100},
+    ],
+}
 
 
-def _labels(examples: list[Example]) -> np.ndarray:
-    return np.asarray([e.label for e in examples], dtype=int)
+def _tfidf() -> TfidfVectorizer:
+    words = r"[^\s]+"  # whitespace-separated tokens (keeps "t_cart", "ctx_device_mobile")
+    return TfidfVectorizer(
+        min_df=3, max_features=20_000, sublinear_tf=True, token_pattern=words, dtype=np.float32
+    )
 
 
-def fit_logreg(train: list[Example], seed: int = 13) -> FittedBaseline:
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    model.fit(hand_features(train), _labels(train))
-    return FittedBaseline("logreg", lambda ex: model.predict_proba(hand_features(ex))[:, 1])
+def fit_logreg(x: np.ndarray, text: np.ndarray, y: np.ndarray, params: dict[str, Any],
+               seed: int) -> Predict:  # fmt: skip
+    scaler, tfidf = StandardScaler(), _tfidf()
+    design = sparse.hstack([sparse.csr_matrix(scaler.fit_transform(x)),
+                            tfidf.fit_transform(text)]).tocsr()  # fmt: skip
+    model = LogisticRegression(C=params.get("C", 0.5), max_iter=3000, random_state=seed)
+    model.fit(design, y)
+
+    def predict(xs: np.ndarray, texts: np.ndarray) -> np.ndarray:
+        rows = sparse.hstack([sparse.csr_matrix(scaler.transform(xs)),
+                              tfidf.transform(texts)]).tocsr()  # fmt: skip
+        return np.asarray(model.predict_proba(rows)[:, 1])
+
+    return predict
 
 
-def fit_hgb(train: list[Example], seed: int = 13) -> FittedBaseline:
-    # Shallow, regularised trees: ~200 positives do not support deep interactions.
-    model = HistGradientBoostingClassifier(
-        max_iter=200, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=30,
-        l2_regularization=1.0, early_stopping=False, random_state=seed,
-    )  # fmt: skip
-    model.fit(hand_features(train), _labels(train))
-    return FittedBaseline("hgb", lambda ex: model.predict_proba(hand_features(ex))[:, 1])
+def fit_hgb(x: np.ndarray, text: np.ndarray, y: np.ndarray, params: dict[str, Any],
+            seed: int) -> Predict:  # fmt: skip
+    tfidf = _tfidf()
+    svd = TruncatedSVD(n_components=32, random_state=seed)
+    design = np.hstack([x, svd.fit_transform(tfidf.fit_transform(text))])
+    model = HistGradientBoostingClassifier(l2_regularization=1.0, early_stopping=False,
+                                           random_state=seed, **params)  # fmt: skip
+    model.fit(design, y)
+
+    def predict(xs: np.ndarray, texts: np.ndarray) -> np.ndarray:
+        rows = np.hstack([xs, svd.transform(tfidf.transform(texts))])
+        return np.asarray(model.predict_proba(rows)[:, 1])
+
+    return predict
 
 
-@torch.no_grad()
-def embed(batch: Batch, encoder: torch.nn.Module, size: int = 128) -> np.ndarray:
-    """Mean-pooled frozen-encoder embeddings, float64 [N, hidden]."""
-    encoder.eval()
-    parts = []
-    for start in range(0, batch.size, size):
-        ids, mask, _ = batch.chunk(start, start + size)
-        parts.append(mean_pool(encoder(input_ids=ids, attention_mask=mask)[0], mask))
-    return torch.cat(parts).double().numpy()
+FITTERS = {"logreg": fit_logreg, "hgb": fit_hgb}
 
 
-@dataclass(frozen=True, slots=True)
-class FrozenProbe:
-    encoder_dir: str
-    max_tokens: int
-    text_events: int
-
-    def inputs(self, examples: list[Example], encoder: torch.nn.Module) -> np.ndarray:
-        tokenizer = tokenizer_for(self.encoder_dir)
-        batch = encode_examples(examples, tokenizer, self.max_tokens, self.text_events)
-        return np.hstack([embed(batch, encoder), hand_features(examples)])
-
-    def fit(self, train: list[Example], seed: int = 13) -> FittedBaseline:
-        encoder = load_encoder(self.encoder_dir)
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000,
-                                                                   random_state=seed))  # fmt: skip
-        model.fit(self.inputs(train, encoder), _labels(train))
-        return FittedBaseline(
-            "frozen_probe", lambda ex: model.predict_proba(self.inputs(ex, encoder))[:, 1]
-        )
-
-
-def fit_all(
-    train: list[Example], encoder_dir: str | Path, max_tokens: int, text_events: int, seed: int
-) -> list[FittedBaseline]:
-    probe = FrozenProbe(str(encoder_dir), max_tokens, text_events)
-    return [fit_logreg(train, seed), fit_hgb(train, seed), probe.fit(train, seed)]
+def fit_baseline(spec: BaselineSpec, x: np.ndarray, text: np.ndarray, y: np.ndarray,
+                 seed: int = 0) -> Predict:  # fmt: skip
+    return FITTERS[spec.name](x, text, y, spec.params, seed)

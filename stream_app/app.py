@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 import faust
@@ -28,7 +28,9 @@ from stream_app import metrics
 from stream_app.acks import OrderedAcks
 from stream_app.api.latest import LatestScores
 from stream_app.config import Settings
+from stream_app.lifecycle import Lifecycle
 from stream_app.pipeline import InMessage, Pipeline, Scorer
+from stream_app.probes import liveness, readiness
 from stream_app.scores import ScoreRecord
 from stream_app.security import faust_credentials
 from stream_app.store import SessionStore
@@ -65,6 +67,9 @@ def build_faust_app(settings: Settings) -> faust.App:
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         consumer_max_fetch_size=4 * 1024 * 1024,
+        # Faust's own drain on revoke and stop waits, unbounded, for every consumed message
+        # to be acked; ours (Pipeline.on_revoked) is bounded below the rebalance timeout.
+        stream_wait_empty=False,
         web_port=settings.worker.web_port,
         web_bind=settings.worker.web_host,
         web_host=settings.worker.web_host,
@@ -78,9 +83,11 @@ def create_app(
     *,
     scorer: Scorer,
     store: SessionStore,
+    lifecycle: Lifecycle | None = None,
     latest: LatestScores | None = None,
 ) -> faust.App:
     kafka = settings.kafka
+    life = lifecycle or Lifecycle(settings.worker.shutdown_timeout_s)
     app = build_faust_app(settings)
     events_topic = app.topic(kafka.events_topic, key_type=bytes, value_type=bytes)
     scores_topic = app.topic(kafka.scores_topic, key_type=bytes, value_type=bytes)
@@ -119,7 +126,9 @@ def create_app(
             messages = [_in_message(stream, cast("faust.EventT[bytes]", e)) for e in events]
             for message in messages:
                 acks.register(_partition(message), message.offset, message.handle)
-            await pipeline.ingest(messages)
+            # Never let Faust's supervisor restart this agent: the failed batch would not be
+            # re-delivered and its offsets would block every later commit. Fail fast instead.
+            await fail_fast(life, "ingest stage", pipeline.ingest(messages))
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types it as sync
     async def _on_assigned(sender: Any, assigned: Any = (), *args: Any, **kwargs: Any) -> None:
@@ -127,9 +136,17 @@ def create_app(
         mine = [tp for tp in assigned if tp.topic == kafka.events_topic]
         pipeline.health.assigned_partitions = len(mine)
 
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types it as sync
+    async def _on_revoked(sender: Any, revoked: Any = (), *args: Any, **kwargs: Any) -> None:
+        mine = [(tp.topic, tp.partition) for tp in revoked if tp.topic == kafka.events_topic]
+        pipeline.health.assigned_partitions = 0
+        await pipeline.on_revoked(mine, revoke_drain_s(settings))
+        acks.forget(mine)
+        await app.consumer.commit()  # what the drain settled, before the partitions go
+
     @app.task
     async def scoring_loop() -> None:
-        await pipeline.run_scoring()
+        await fail_fast(life, "scoring stage", pipeline.run_scoring())
 
     @app.page("/metrics")
     class MetricsView(View):
@@ -143,13 +160,47 @@ def create_app(
             body = _health_body(pipeline)
             return self.json(body, status=200 if body["ready"] else 503)
 
+    @app.page("/livez")
+    class LiveView(View):
+        async def get(self, request: Request) -> Response:
+            body = liveness(life)
+            return self.json(body, status=200 if body["live"] else 503)
+
+    @app.page("/readyz")
+    class ReadyView(View):
+        async def get(self, request: Request) -> Response:
+            body = await readiness(pipeline, store, life)
+            return self.json(body, status=200 if body["ready"] else 503)
+
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers as sync
     async def _close(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         pipeline.close()
         await store.close()
 
+    life.on_shutdown.append(pipeline.freeze)
     app.pipeline = pipeline  # type: ignore[attr-defined]  # for tests and the CLI
+    app.lifecycle = life  # type: ignore[attr-defined]
     return app
+
+
+async def fail_fast(lifecycle: Lifecycle, stage: str, work: Awaitable[None]) -> None:
+    """Run one stage's work; any exception it lets out ends the process (exit status 70).
+
+    The stage then parks until shutdown cancels it, so it consumes and acks nothing more.
+    """
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        lifecycle.fatal(f"{stage} failed: {type(exc).__name__}: {str(exc)[:300]}")
+        await asyncio.Event().wait()
+
+
+def revoke_drain_s(settings: Settings) -> float:
+    """How long a revoke may wait for pending scores: half the rebalance timeout, so the
+    drain, the commit and the rest of the rebalance fit in it."""
+    return settings.kafka.rebalance_timeout_ms / 2000
 
 
 def fetch_wait_ms(settings: Settings) -> int:
@@ -208,6 +259,8 @@ def _health_body(pipeline: Pipeline) -> dict[str, Any]:
         "pending_sessions": len(pipeline.pending),
         "pending_limit": pipeline.pending.max_sessions,
         "pending_messages": pipeline.pending.pending_tokens,
+        "pending_bytes": pipeline.pending.pending_bytes,
+        "model_breaker": pipeline.breaker.state,
         "last_score_at_ms": health.last_score_at_ms,
         "scored_batches": health.scored_batches,
     }

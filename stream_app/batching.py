@@ -16,8 +16,9 @@ stops consumption instead of growing memory.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Generic, TypeVar
 
 from stream_app.events import Event
@@ -69,10 +70,13 @@ class PendingEntry(Generic[Token]):
     oldest_ingest_ms: int = 0
     newest_ingest_ms: int = 0
     coalesced: int = 0  # how many extra updates were folded into this entry
+    queued_ms: int = 0  # the worker's clock when the session joined the queue (0 = unknown)
+    size_bytes: int = 0  # bytes of the consumed messages held for this entry
 
     def absorb(self, newer: PendingEntry[Token]) -> None:
         self.snapshot = newer.snapshot
         self.tokens.extend(newer.tokens)
+        self.size_bytes += newer.size_bytes
         self.oldest_ingest_ms = min(self.oldest_ingest_ms, newer.oldest_ingest_ms)
         self.newest_ingest_ms = max(self.newest_ingest_ms, newer.newest_ingest_ms)
         self.coalesced += 1 + newer.coalesced
@@ -81,13 +85,15 @@ class PendingEntry(Generic[Token]):
 class PendingScores(Generic[Token]):
     """Bounded, coalescing FIFO of sessions waiting to be scored (oldest first)."""
 
-    def __init__(self, max_sessions: int, max_tokens: int) -> None:
-        if max_sessions < 1 or max_tokens < 1:
+    def __init__(self, max_sessions: int, max_tokens: int, max_bytes: int = 2**62) -> None:
+        if max_sessions < 1 or max_tokens < 1 or max_bytes < 1:
             raise ValueError("PendingScores bounds must be positive")
         self.max_sessions = max_sessions
         self.max_tokens = max_tokens
+        self.max_bytes = max_bytes
         self._entries: OrderedDict[str, PendingEntry[Token]] = OrderedDict()
         self._tokens = 0
+        self._bytes = 0
         self.coalesced_total = 0
 
     def __len__(self) -> int:
@@ -97,13 +103,21 @@ class PendingScores(Generic[Token]):
     def pending_tokens(self) -> int:
         return self._tokens
 
-    def has_room(self, new_sessions: int = 1, new_tokens: int = 1) -> bool:
+    def items(self) -> Iterable[tuple[str, PendingEntry[Token]]]:
+        return self._entries.items()
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def has_room(self, new_sessions: int = 1, new_tokens: int = 1, new_bytes: int = 0) -> bool:
         """Whether an offer of this size fits. An empty queue always accepts, so a single
         oversized batch can never deadlock the pipeline."""
         if not self._entries:
             return True
         fits_sessions = len(self._entries) + new_sessions <= self.max_sessions
-        return fits_sessions and self._tokens + new_tokens <= self.max_tokens
+        fits_bytes = self._bytes + new_bytes <= self.max_bytes
+        return fits_sessions and fits_bytes and self._tokens + new_tokens <= self.max_tokens
 
     def offer(self, session_id: str, entry: PendingEntry[Token]) -> bool:
         """Queue a session's newest window; returns True when it coalesced with a pending one.
@@ -112,6 +126,7 @@ class PendingScores(Generic[Token]):
         fairness), so a hot session cannot starve others nor be starved itself.
         """
         self._tokens += len(entry.tokens)
+        self._bytes += entry.size_bytes
         current = self._entries.get(session_id)
         if current is None:
             self._entries[session_id] = entry
@@ -120,11 +135,51 @@ class PendingScores(Generic[Token]):
         self.coalesced_total += 1 + entry.coalesced
         return True
 
+    def peek(self, limit: int) -> list[PendingEntry[Token]]:
+        """The first ``limit`` entries, oldest first, left in the queue."""
+        return list(islice(self._entries.values(), limit))
+
     def take(self, limit: int) -> list[tuple[str, PendingEntry[Token]]]:
         """Remove and return up to ``limit`` sessions, oldest first."""
         taken: list[tuple[str, PendingEntry[Token]]] = []
         while self._entries and len(taken) < limit:
             session_id, entry = self._entries.popitem(last=False)
             self._tokens -= len(entry.tokens)
+            self._bytes -= entry.size_bytes
             taken.append((session_id, entry))
         return taken
+
+    def restore(self, taken: list[tuple[str, PendingEntry[Token]]]) -> None:
+        """Put taken entries back at the front, oldest first (their scoring could not run).
+
+        A session updated meanwhile keeps one entry: the newer window, all the tokens."""
+        for session_id, entry in reversed(taken):
+            newer = self._entries.pop(session_id, None)
+            if newer is not None:
+                self._tokens -= len(newer.tokens)
+                self._bytes -= newer.size_bytes
+                entry.absorb(newer)
+            self._tokens += len(entry.tokens)
+            self._bytes += entry.size_bytes
+            self._entries[session_id] = entry
+            self._entries.move_to_end(session_id, last=False)
+
+    def drop(self, keep: Callable[[Token], bool]) -> list[Token]:
+        """Remove tokens for which ``keep`` is false (and entries left without any);
+        returns the removed tokens."""
+        removed: list[Token] = []
+        for session_id in list(self._entries):
+            entry = self._entries[session_id]
+            kept = [t for t in entry.tokens if keep(t)]
+            if len(kept) == len(entry.tokens):
+                continue
+            removed.extend(t for t in entry.tokens if not keep(t))
+            self._tokens -= len(entry.tokens) - len(kept)
+            share = entry.size_bytes * (len(entry.tokens) - len(kept)) // len(entry.tokens)
+            self._bytes -= share
+            entry.size_bytes -= share
+            entry.tokens = kept
+            if not kept:
+                self._bytes -= entry.size_bytes
+                del self._entries[session_id]
+        return removed

@@ -65,12 +65,22 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _build_model(args: argparse.Namespace) -> int:
     require_extra("train", "intent-stream build-model")
-    from model_export.bundle import build_model_dir
+    from model_export.bundle import WEIGHTS_DIR, build_model_dir
+    from stream_app.errors import ModelLoadError
     from stream_app.logs import configure_logging
 
     configure_logging("INFO")
     out = Path(args.out) if args.out else None
-    print(build_model_dir(out_dir=out, force=args.force))
+    if out is not None and out.exists() and not out.is_dir():
+        print(f"intent-stream build-model: --out {out} is a file; pass a directory",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    weights = Path(args.weights) if args.weights else WEIGHTS_DIR
+    try:
+        print(build_model_dir(weights, out_dir=out, force=args.force))
+    except ModelLoadError as exc:
+        print(f"intent-stream build-model: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -90,6 +100,14 @@ def _build_engines(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     require_extra("train", "intent-stream train")
+    if not _prechecked("train", args.argv, logs=("--events", "--data")):
+        return 2
+    overwrite_flags = ("--out", "--update-shipped", "--force")
+    if not any(flag in args.argv for flag in overwrite_flags) and _shipped_weights().is_dir():
+        print(f"intent-stream train: training would overwrite the shipped weights in "
+              f"{_shipped_weights()}; pass --out DIR for new weights, or --update-shipped",
+              file=sys.stderr)  # fmt: skip
+        return 2
     from model_export.train import main as main_train
 
     return main_train(args.argv)
@@ -97,9 +115,36 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     require_extra("train", "intent-stream evaluate")
+    if not _prechecked("evaluate", args.argv, logs=("--events", "--train"),
+                       outputs=("--report-json",)):  # fmt: skip
+        return 2
     from model_export.evaluate import run_evaluate_cli
 
     return run_evaluate_cli(args.argv)
+
+
+def _prechecked(
+    command: str, argv: Sequence[str], logs: Sequence[str], outputs: Sequence[str] = ()
+) -> bool:
+    """Arguments checked before the sub-command imports torch (seconds on a busy machine)."""
+    from stream_app.errors import ConfigError
+    from stream_app.inputs import precheck_cli
+
+    try:
+        precheck_cli(argv, logs=logs, outputs=outputs)
+    except ConfigError as exc:
+        print(f"intent-stream {command}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _shipped_weights() -> Path:
+    """``model_export/weights`` without importing ``model_export.train`` (torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("model_export")
+    locations = spec.submodule_search_locations if spec else None
+    return Path(next(iter(locations or ["."]))) / "weights"
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -135,6 +180,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     build = sub.add_parser("build-model", help="build (or locate) the serving model directory")
     build.add_argument("--out", help="target directory (default: the cache)")
+    build.add_argument("--weights", help="trained weights (default: the shipped ones)")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.set_defaults(handler=_build_model)
 
@@ -146,7 +192,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     engines.add_argument("--out", type=Path, required=True, help="writable engine cache")
     engines.set_defaults(handler=_build_engines)
 
-    train = sub.add_parser("train", help="fine-tune the intent model", add_help=False)
+    train = sub.add_parser("train", help="train the intent model on event logs", add_help=False)
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate the model vs baselines", add_help=False)

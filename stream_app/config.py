@@ -7,7 +7,7 @@ in step. Secrets are ``SecretStr`` so they never show in logs, errors or ``repr`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +101,26 @@ class BatchSettings(BaseSettings):
     max_wait_ms: int = Field(default=20, ge=1, le=60_000)
     max_score_batch: int = Field(default=64, ge=1, le=4096)
     max_pending_sessions: int = Field(default=20_000, ge=1)
+    # Bytes of consumed event values waiting for a score (issue 8: 64 KiB events x 160 000
+    # messages would otherwise be GiB).
+    max_pending_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+
+
+class ScoreSettings(BaseSettings):
+    """When a scoring batch is released (``stream_app/deadline.py``) and what a published
+    score says (``SCORE_*``)."""
+
+    model_config = _env("SCORE_")
+
+    latency_budget_ms: int = Field(
+        default=100,
+        ge=0,
+        le=60_000,
+        description="target from an event's arrival to its score; 0 = score whatever waits at once",
+    )
+    # A score whose newest event is older than this (event time vs the worker's clock) is
+    # published with ``stale: true`` (its window is still updated); 0 turns the rule off.
+    stale_after_s: int = Field(default=3600, ge=0)
 
 
 class ModelSettings(BaseSettings):
@@ -115,6 +135,10 @@ class ModelSettings(BaseSettings):
     variant: Literal["fp32", "int8"] = "fp32"
     inference_timeout_s: float = Field(default=10.0, gt=0)
     retries: int = Field(default=2, ge=0, le=10)
+    # Circuit breaker: this many backend failures in a row open it (scoring and consumption
+    # stop, readiness 503); it is probed again after the cooldown, doubling up to 8x.
+    breaker_failures: int = Field(default=3, ge=1, le=100)
+    breaker_cooldown_s: float = Field(default=5.0, gt=0, le=600)
 
 
 class WorkerSettings(BaseSettings):
@@ -128,6 +152,8 @@ class WorkerSettings(BaseSettings):
     data_dir: Path = Path("/tmp/intent-stream")  # noqa: S108 - faust table dir, overridable
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
+    # SIGTERM (or a fatal error) ends the process within this many seconds, whatever is down.
+    shutdown_timeout_s: float = Field(default=15.0, gt=0, le=600)
 
 
 class PrivacySettings(BaseSettings):
@@ -186,6 +212,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     window: WindowSettings = Field(default_factory=WindowSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    score: ScoreSettings = Field(default_factory=ScoreSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
@@ -195,12 +222,27 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     """Read settings from the environment, turning validation errors into a ``ConfigError``."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        # Name the variable and the rule, never the rejected value: it may be a secret.
-        problems = "; ".join(
-            f"{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors(include_input=False, include_url=False)
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from None
+    groups: dict[str, Any] = {}
+    problems: list[str] = []
+    # Each concern on its own, so an error names the whole variable (BATCH_MAX_SIZE): the
+    # nested model would only report the field (max_size).
+    for name, field in Settings.model_fields.items():
+        group = field.annotation
+        assert isinstance(group, type)
+        assert issubclass(group, BaseSettings)
+        try:
+            groups[name] = group()
+        except ValidationError as exc:
+            prefix = str(group.model_config.get("env_prefix", ""))
+            problems.extend(_problems(exc, prefix))
+    if problems:
+        raise ConfigError(f"invalid configuration: {'; '.join(problems)}")
+    return Settings.model_validate(groups)
+
+
+def _problems(exc: ValidationError, prefix: str) -> list[str]:
+    """``VARIABLE: rule`` per error -- never the rejected value: it may be a secret."""
+    return [
+        f"{prefix}{'_'.join(str(part) for part in error['loc'])}".upper() + f": {error['msg']}"
+        for error in exc.errors(include_input=False, include_url=False)
+    ]

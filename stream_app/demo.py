@@ -26,7 +26,9 @@ from rich.text import Text
 from stream_app.config import Settings, load_settings
 from stream_app.errors import IntentStreamError
 from stream_app.events import EventLimits
+from stream_app.inputs import check_event_log, check_output_file, check_positive
 from stream_app.logs import configure_logging
+from stream_app.preflight import check_broker, check_tls_files, run_checks
 from stream_app.replay import report
 from stream_app.replay.runner import (
     ReplayConfig,
@@ -93,9 +95,10 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
         speed = _speed(args.speed, args)
+        _check_inputs(args, settings)
         model_dir = _model_dir(settings, console)
     except (IntentStreamError, ValueError) as exc:
-        console.print(f"[red]cannot start the demo:[/] {exc}")
+        console.print(f"[red]cannot start the demo:[/] {exc}", soft_wrap=True)
         return 2
     source = Path(args.events) if args.events else bundled_sample(args.sample)
     env = {"MODEL_DIR": str(model_dir), "WORKER_LOG_LEVEL": "WARNING"}
@@ -125,6 +128,21 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print("[red]not every valid event was reflected in a score before the timeout[/]")
         return 3
     return 0
+
+
+def _check_inputs(args: argparse.Namespace, settings: Settings) -> None:
+    """Inputs and configured servers, before any server starts or the model loads."""
+    if args.events:
+        check_event_log(args.events, "--events")
+    check_positive("--limit", args.limit, allow_zero=True)
+    check_positive("--timeout", args.timeout)
+    check_positive("--top", args.top, allow_zero=True)
+    check_output_file("--summary-json", args.summary_json)
+    check_tls_files(settings.kafka, settings.redis)
+    if not settings.kafka.embedded:
+        check_broker(settings.kafka)
+    if not settings.redis.embedded and settings.redis.url.startswith(("redis://", "rediss://")):
+        run_checks(settings.redis, WindowRules.from_settings(settings.window))
 
 
 def _triggers_fired(stack: LocalStack, settings: Settings) -> list[dict[str, Any]]:

@@ -6,6 +6,8 @@ when, and carries the original bytes so an operator can inspect or replay them:
 
 - ``raw`` is the message as UTF-8 text when it decodes (``raw_encoding: "utf-8"``), else
   base64 (``raw_encoding: "base64"``); the key is stored the same way.
+- The Kafka key of a dead letter is the original key, hashed when it is over 1 KiB
+  (``dead_letter_key``), so a record plus its key always fits one produce request.
 - A record never exceeds ``max_record_bytes`` (keep it under the broker's message limit): a
   raw too big to fit is cut to a prefix and flagged ``raw_truncated: true``. The full-size
   rejection is still recorded: ``raw_size`` and ``raw_sha256`` always describe the *whole*
@@ -47,6 +49,15 @@ def _encode_blob(data: bytes, budget: int) -> tuple[str, str, bool]:
         return prefix, "utf-8", True
     limit = max(0, budget - 2) // 4 * 3
     return base64.b64encode(data[:limit]).decode("ascii"), "base64", len(data) > limit
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The Kafka key of a dead letter: the original key, or ``sha256:<hex>`` of it when it is
+    longer than ``MAX_KEY_BYTES``, so that key plus record always fit one produce request
+    (Kafka allows a ~1 MB key; the record itself is bounded by ``max_record_bytes``)."""
+    if key is None or len(key) <= MAX_KEY_BYTES:
+        return key
+    return b"sha256:" + hashlib.sha256(key).hexdigest().encode()
 
 
 def dead_letter_record(

@@ -2,12 +2,15 @@
 
 ``IntentStreamError``
 ├── ``TransientError``   retried with bounded backoff; offsets are not committed meanwhile
-│   ├── ``StoreUnavailable``   Redis down / timing out
-│   └── ``ScoringTimeout``     a backend call took too long
+│   ├── ``StoreUnavailable``   Redis down / timing out / loading / out of memory
+│   ├── ``ScoringTimeout``     a backend call took too long (the call is abandoned)
+│   └── ``ModelUnavailable``   the model backend keeps failing (circuit breaker open)
+├── ``StoreRefused``     Redis refuses our commands (NOPERM, auth): fail fast, an operator fixes
 └── ``PermanentError``   never retried; the message (or session) goes to the dead-letter topic
     ├── ``InvalidEvent``       a message that is not a valid event (carries a reason code)
+    ├── ``SessionStoreError``  Redis rejects one session's keys (WRONGTYPE, script error)
     ├── ``ModelLoadError``     a model directory that cannot be served (raised at start-up)
-    └── ``ScoringFailed``      inference kept failing after its retries
+    └── ``ScoringFailed``      inference fails for one session while the model works
 
 Library errors (redis-py, onnxruntime, aiokafka) are wrapped at the boundary that calls them,
 so the rest of the code only ever catches these.
@@ -36,6 +39,16 @@ class ScoringTimeout(TransientError):
     """A scoring backend did not answer in time."""
 
 
+class ModelUnavailable(TransientError):
+    """The model backend fails for every input (a known-good probe included)."""
+
+
+class StoreRefused(IntentStreamError):
+    """Redis refuses the worker's commands (missing ACL permission, bad credentials).
+
+    Retrying cannot fix it and dead-lettering would punish healthy sessions: fail fast."""
+
+
 class PermanentError(IntentStreamError):
     """A failure that retrying cannot fix: route the input to the dead-letter topic."""
 
@@ -53,9 +66,19 @@ class InvalidEvent(PermanentError):
         self.detail = detail
 
 
+class SessionStoreError(PermanentError):
+    """A deterministic Redis error on one session's keys: that session is dead-lettered."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
 class ModelLoadError(PermanentError):
     """A model directory that is missing, incomplete or corrupt."""
 
 
 class ScoringFailed(PermanentError):
-    """Inference failed for a batch even after retries."""
+    """Inference failed for one session (an exception isolated to it, or a non-finite
+    output) while the model scores other input."""

@@ -41,6 +41,19 @@ SCORE_BATCH_SIZE = Histogram(
     buckets=_SIZE_BUCKETS,
     registry=REGISTRY,
 )
+SCORE_BATCH_PADDED_LEN = Histogram(
+    "intent_score_batch_padded_len",
+    "Longest window (events) per inference batch: the length the batch is padded to",
+    buckets=_SIZE_BUCKETS,
+    registry=REGISTRY,
+)
+SCORE_RELEASES = Counter(
+    "intent_score_batch_releases_total",
+    "Inference batches released, by why: size (a full batch waited), deadline (the oldest "
+    "event's latency budget), idle (the model keeps up at this size)",
+    ["reason"],
+    registry=REGISTRY,
+)
 INFERENCE_SECONDS = Histogram(
     "intent_inference_seconds",
     "Wall time of one inference batch (tokenise + encode + run)",
@@ -79,6 +92,30 @@ STORE_RETRIES = Counter(
 )
 SCORING_FAILURES = Counter(
     "intent_scoring_failures_total", "Inference batches that raised", registry=REGISTRY
+)
+
+ABANDONED_CALLS = Counter(
+    "intent_inference_abandoned_total",
+    "Model calls abandoned after MODEL_INFERENCE_TIMEOUT_S (their thread is replaced)",
+    registry=REGISTRY,
+)
+BREAKER_OPEN = Gauge(
+    "intent_model_breaker_open",
+    "1 while the model circuit breaker is open or half-open (scoring and consumption paused)",
+    registry=REGISTRY,
+)
+PENDING_BYTES = Gauge(
+    "intent_pending_bytes",
+    "Bytes of consumed messages held until their sessions are scored",
+    registry=REGISTRY,
+)
+STALE_SCORES = Counter(
+    "intent_stale_scores_total",
+    "Scores published with stale=true (newest event older than SCORE_STALE_AFTER_S)",
+    registry=REGISTRY,
+)
+FATAL_ERRORS = Counter(
+    "intent_fatal_errors_total", "Errors that made the worker exit", registry=REGISTRY
 )
 
 

@@ -16,10 +16,11 @@ windows are effectively-once and only a score message can be duplicated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,10 +36,18 @@ from stream_app.batching import (
     length_sorted_chunks,
     time_bounded_limit,
 )
+from stream_app.breaker import CircuitBreaker
 from stream_app.config import Settings
-from stream_app.dlq import dead_letter_record
-from stream_app.errors import InvalidEvent, StoreUnavailable
+from stream_app.deadline import BatchPolicy, BatchShape, Waiting
+from stream_app.dlq import dead_letter_key, dead_letter_record
+from stream_app.errors import (
+    InvalidEvent,
+    ModelUnavailable,
+    SessionStoreError,
+    StoreUnavailable,
+)
 from stream_app.events import Event, EventLimits, parse_event
+from stream_app.inference import BatchResult, Inference
 from stream_app.privacy import Pseudonymizer
 from stream_app.retry import Backoff
 from stream_app.scores import ScoreRecord, iso_utc
@@ -59,6 +68,9 @@ SCORE_CHUNK = 16
 # [2 x max_score_batch, BATCH_MAX_PENDING_SESSIONS]; see ``batching.time_bounded_limit``.
 PENDING_TARGET_S = 5.0
 RATE_SMOOTHING = 0.2  # weight of the newest batch in the scoring-rate average
+# Per held message beyond its bytes: the Faust event, message and our InMessage (measured
+# order of magnitude with sys.getsizeof; the byte bound is about payloads, not exact RSS).
+MESSAGE_OVERHEAD_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,23 +150,42 @@ class Pipeline:
         self.pending: PendingScores[InMessage] = PendingScores(
             max_sessions=batch.max_pending_sessions,
             max_tokens=batch.max_pending_sessions * 8,
+            max_bytes=batch.max_pending_bytes,
         )
         self._changed = asyncio.Condition()
         self._store_backoff = Backoff(settings.redis.backoff_base_s, settings.redis.backoff_cap_s)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        model = settings.model
+        self.inference = Inference(
+            self._score_by_length, timeout_s=model.inference_timeout_s, retries=model.retries
+        )
+        self.breaker = CircuitBreaker(model.breaker_failures, model.breaker_cooldown_s)
+        self.in_flight = 0  # sessions in the model call now
+        self._publishing = asyncio.Lock()  # held from the ownership check to the broker ack
+        self._revocations: list[set[tuple[str, int]]] = []  # one per rebalance, in order
+        self._frozen = False  # shutting down: nothing more is published or queued
         self.health = Health()
         self.scoring_rate_per_s: float | None = None  # sessions/s, smoothed over batches
+        self.batch_policy = BatchPolicy(settings.score.latency_budget_ms, batch.max_score_batch)
 
     # ---------------------------------------------------------------- ingest stage
     async def ingest(self, messages: Sequence[InMessage]) -> None:
         """Apply one consumed micro-batch to the session windows and queue the sessions."""
         metrics.INGEST_BATCH_SIZE.observe(len(messages))
+        generation = len(self._revocations)
         parsed = self._parse(messages)
         letters = [self._letter(m, reason, detail) for m, reason, detail in parsed.dead]
         by_session = group_by_session(event for event, _ in parsed.valid)
         outcomes = await self._apply_with_retry(by_session) if by_session else {}
         messages_by_event = {id(event): message for event, message in parsed.valid}
         settled: list[InMessage] = [m for m, _, _ in parsed.dead]
+        for session_id, error in _store_errors(outcomes).items():
+            # Deterministic for this session's keys: dead-letter its events, keep the rest.
+            log.warning("session store rejected a session: %s", error)
+            for event in by_session[session_id]:
+                letters.append(self._letter(messages_by_event[id(event)], error.reason,
+                                            error.detail))  # fmt: skip
+                settled.append(messages_by_event[id(event)])
+            del outcomes[session_id]
         entries = []
         for session_id, outcome in outcomes.items():
             rejected = [(messages_by_event[id(e)], e, why) for e, why in outcome.rejected]
@@ -168,7 +199,7 @@ class Pipeline:
         _count_outcomes(outcomes.values())
         if letters:
             await self._publish_dead_letters(letters)
-        await self._queue(entries)
+        await self._queue(entries, generation)
         if settled:
             await self._ack(settled)
 
@@ -200,7 +231,7 @@ class Pipeline:
             failed_at_ms=self._clock(),
             max_record_bytes=DLQ_MAX_RECORD_BYTES,
         )
-        return message.key, record
+        return dead_letter_key(message.key), record
 
     async def _apply_with_retry(self, by_session: dict[str, list[Event]]) -> dict[str, Any]:
         """Retry store outages forever with bounded, jittered backoff.
@@ -233,76 +264,231 @@ class Pipeline:
         metrics.STORE_UP.set(0)
         metrics.STORE_RETRIES.inc()
 
-    async def _queue(self, entries: list[tuple[str, PendingEntry[InMessage]]]) -> None:
-        """Hand sessions to the scorer, waiting for room (backpressure) when it is behind."""
+    async def _queue(
+        self, entries: list[tuple[str, PendingEntry[InMessage]]], generation: int
+    ) -> None:
+        """Hand sessions to the scorer, waiting for room (backpressure) when it is behind.
+
+        Messages of partitions revoked since ``generation`` (the batch was consumed before a
+        rebalance) are left out: their next owner consumes them again."""
         if not entries:
             return
         tokens = sum(len(entry.tokens) for _, entry in entries)
+        size = sum(entry.size_bytes for _, entry in entries)
+
+        def ready() -> bool:  # room in the queue, and a model that works
+            return self.breaker.closed and self.pending.has_room(len(entries), tokens, size)
+
         async with self._changed:
-            await self._changed.wait_for(lambda: self.pending.has_room(len(entries), tokens))
+            await self._changed.wait_for(ready)
+            entries = self._owned(entries, generation)
+            now_ms, new = self._clock(), 0
             for session_id, entry in entries:
+                entry.queued_ms = now_ms
                 if self.pending.offer(session_id, entry):
                     metrics.COALESCED.inc()
+                else:
+                    new += 1
+            self.batch_policy.arrived(now_ms, new)
             self._update_pending_gauges()
             self._changed.notify_all()
 
     def _update_pending_gauges(self) -> None:
         metrics.PENDING_SESSIONS.set(len(self.pending))
         metrics.PENDING_MESSAGES.set(self.pending.pending_tokens)
+        metrics.PENDING_BYTES.set(self.pending.pending_bytes)
+
+    # ---------------------------------------------------------------- partition ownership
+    async def on_revoked(self, partitions: Iterable[tuple[str, int]], drain_s: float) -> int:
+        """Rebalance: let pending work of these partitions finish for at most ``drain_s``,
+        then give the rest up (it is consumed again by the next owner) and make sure nothing
+        more is published for them. Returns how many messages were given up.
+
+        After this returns no score for these partitions leaves this process: the ownership
+        check and the publish happen under ``_publishing``, which this waits for, so the next
+        owner's scores (made from the same Redis windows, later) always come after ours.
+        """
+        revoked = set(partitions)
+
+        def drained() -> bool:
+            return self.in_flight == 0 and not any(
+                _partition_of(m) in revoked for _, e in self.pending.items() for m in e.tokens
+            )
+
+        with contextlib.suppress(TimeoutError):
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(drained), drain_s)
+        async with self._publishing, self._changed:
+            self._revocations.append(revoked)
+            given_up = self.pending.drop(lambda m: _partition_of(m) not in revoked)
+            self._update_pending_gauges()
+            self._changed.notify_all()
+        if given_up:
+            log.info("rebalance: gave up %d pending messages of %d revoked partitions after "
+                     "%.1f s (their next owner consumes them again)", len(given_up),
+                     len(revoked), drain_s)  # fmt: skip
+        return len(given_up)
+
+    def freeze(self) -> None:
+        """Shutdown began: publish nothing more (the consumer is about to leave the group,
+        and a score published after that could land behind the next owner's)."""
+        self._frozen = True
+
+    def _owned(
+        self, taken: list[tuple[str, PendingEntry[InMessage]]], generation: int
+    ) -> list[tuple[str, PendingEntry[InMessage]]]:
+        """``taken`` without messages of partitions revoked since ``generation`` (a count of
+        rebalances), and without sessions left with none: work from before a revoke never
+        leaves this process, even if the partition came back meanwhile."""
+        if self._frozen:
+            return []
+        revoked: set[tuple[str, int]] = set().union(*self._revocations[generation:])
+        if not revoked:
+            return taken
+        kept = []
+        for session_id, entry in taken:
+            entry.tokens = [m for m in entry.tokens if _partition_of(m) not in revoked]
+            if entry.tokens:
+                kept.append((session_id, entry))
+        return kept
 
     # ---------------------------------------------------------------- scoring stage
     async def run_scoring(self) -> None:
-        """Score pending sessions forever: whatever is pending, up to one model batch."""
+        """Score pending sessions forever, in batches sized by the deadline policy."""
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: len(self.pending) > 0)
-            await self.score_pending()
+                await self._changed.wait_for(
+                    lambda: len(self.pending) > 0 or not self.breaker.closed
+                )
+                size = self._batch_size() if self.breaker.closed else 0
+            if not self.breaker.allow():  # model down: wait for the next probe
+                await asyncio.sleep(max(0.01, self.breaker.wait_s()))
+                continue
+            if len(self.pending) > 0:
+                await self.score_pending(size or None)
+            else:  # breaker half-open and nothing queued (a revoke took it): probe alone
+                await self._probe_model()
 
-    async def score_pending(self) -> int:
-        """Score up to ``max_score_batch`` pending sessions; returns how many were scored."""
+    def _batch_size(self) -> int:
+        """How many pending sessions the next model call takes (``stream_app.deadline``)."""
+        head = self.pending.peek(self.settings.batch.max_score_batch)
+        waiting = [Waiting(_arrived_ms(entry), len(entry.snapshot.events)) for entry in head]
+        decision = self.batch_policy.decide(self._clock(), waiting, len(self.pending))
+        if decision.size:
+            metrics.SCORE_RELEASES.labels(decision.reason).inc()
+        return decision.size
+
+    async def _probe_model(self) -> None:
+        try:
+            await self.inference.probe()
+        except ModelUnavailable as exc:
+            await self._model_down([], exc, len(self._revocations))
+            return
+        await self._model_up()
+
+    async def score_pending(self, limit: int | None = None) -> int:
+        """Score up to ``limit`` (default ``max_score_batch``) pending sessions; returns how
+        many were settled (scored or dead-lettered). While the model is down
+        (``ModelUnavailable``) its batch goes back to the front of the queue and nothing of
+        it is acknowledged."""
         async with self._changed:
-            taken = self.pending.take(self.settings.batch.max_score_batch)
+            generation = len(self._revocations)
+            taken = self.pending.take(limit or self.settings.batch.max_score_batch)
             self._update_pending_gauges()
             self._changed.notify_all()
         if not taken:
             return 0
-        # Sessions that already bought are not the model's question (it is trained on the
-        # prefixes before the first purchase): they get score 1.0 and no model call.
-        bought = [item for item in taken if has_purchased(item[1].snapshot)]
-        to_score = [item for item in taken if not has_purchased(item[1].snapshot)]
-        probabilities = (
-            await self._infer_with_retry([entry.snapshot for _, entry in to_score])
-            if to_score
-            else np.empty(0)
-        )
-        if probabilities is None:
-            await self._dead_letter_sessions(to_score)
-            to_score, probabilities = [], np.empty(0)
-        if bought or to_score:
-            certain = np.ones(len(bought))
-            await self._publish(bought + to_score, np.concatenate([certain, probabilities]))
-        await self._ack([m for _, entry in taken for m in entry.tokens])
-        return len(taken)
+        self.in_flight = len(taken)
+        try:
+            # Sessions that already bought are not the model's question (it is trained on
+            # the prefixes before the first purchase): score 1.0 and no model call.
+            bought = [item for item in taken if has_purchased(item[1].snapshot)]
+            to_score = [item for item in taken if not has_purchased(item[1].snapshot)]
+            settled = await self._settle_bought(bought, generation) if bought else 0
+            if to_score:
+                settled += await self._score_with_model(to_score, generation)
+        finally:
+            async with self._changed:
+                self.in_flight = 0
+                self._changed.notify_all()
+        return settled
 
-    async def _infer_with_retry(self, snapshots: list[WindowSnapshot]) -> np.ndarray | None:
-        loop = asyncio.get_running_loop()
-        timeout = self.settings.model.inference_timeout_s
-        for attempt in range(self.settings.model.retries + 1):
-            started = time.perf_counter()
-            try:
-                future = loop.run_in_executor(self._executor, self._score_by_length, snapshots)
-                result = await asyncio.wait_for(future, timeout)
-            except Exception as exc:  # any backend failure: retry, then dead-letter
-                metrics.SCORING_FAILURES.inc()
-                log.warning("inference failed (attempt %d): %r", attempt + 1, exc)
-                self.health.extra["last_scoring_error"] = repr(exc)
-                continue
-            elapsed = time.perf_counter() - started
-            metrics.INFERENCE_SECONDS.observe(elapsed)
-            self._observe_scoring_rate(len(snapshots), elapsed)
-            metrics.SCORE_BATCH_SIZE.observe(len(snapshots))
-            return np.asarray(result, dtype=np.float64)
-        return None
+    async def _settle_bought(
+        self, taken: list[tuple[str, PendingEntry[InMessage]]], generation: int
+    ) -> int:
+        async with self._publishing:
+            owned = self._owned(taken, generation)
+            if owned:
+                await self._publish(owned, np.ones(len(owned)))
+                await self._ack([m for _, entry in owned for m in entry.tokens])
+        return len(owned)
+
+    async def _score_with_model(
+        self, taken: list[tuple[str, PendingEntry[InMessage]]], generation: int
+    ) -> int:
+        """One model call for ``taken``; its time, publishing included, teaches the batch
+        policy. Returns how many sessions were settled (0 while the model is down)."""
+        started = time.perf_counter()
+        shape = BatchShape(len(taken), max(len(entry.snapshot.events) for _, entry in taken))
+        metrics.SCORE_BATCH_PADDED_LEN.observe(shape.padded_len)
+        try:
+            result = await self.inference.score([entry.snapshot for _, entry in taken])
+        except ModelUnavailable as exc:
+            await self._model_down(taken, exc, generation)
+            return 0
+        self._observe_success(len(taken), time.perf_counter() - started)
+        await self._model_up()
+        position = {id(entry): i for i, (_, entry) in enumerate(taken)}
+        async with self._publishing:
+            owned = self._owned(taken, generation)
+            await self._settle_scored([(position[id(e)], (sid, e)) for sid, e in owned], result)
+        self.batch_policy.observe(shape, (time.perf_counter() - started) * 1000)
+        return len(owned)
+
+    async def _settle_scored(
+        self, taken: list[tuple[int, tuple[str, PendingEntry[InMessage]]]], result: BatchResult
+    ) -> None:
+        """Publish the scores, dead-letter the sessions that failed alone, then ack both.
+        ``taken`` pairs each session with its position in ``result``."""
+        scored = [(i, item) for i, item in taken if i not in result.failures]
+        failed = [(item, result.failures[i]) for i, item in taken if i in result.failures]
+        if scored:
+            await self._publish([item for _, item in scored],
+                                result.probabilities[[i for i, _ in scored]])  # fmt: skip
+        if failed:
+            await self._dead_letter_sessions(failed)
+        await self._ack([m for _, (_, entry) in taken for m in entry.tokens])
+
+    async def _model_down(
+        self,
+        taken: list[tuple[str, PendingEntry[InMessage]]],
+        exc: ModelUnavailable,
+        generation: int,
+    ) -> None:
+        """Keep the batch (never dead-letter healthy sessions), count a breaker failure."""
+        self.health.extra["last_scoring_error"] = str(exc)
+        if self.breaker.record_failure():
+            metrics.BREAKER_OPEN.set(1)
+            log.error("model circuit breaker open for %.1f s (consumption paused): %s",
+                      self.breaker.wait_s(), exc)  # fmt: skip
+        async with self._changed:
+            self.pending.restore(self._owned(taken, generation))
+            self._update_pending_gauges()
+            self._changed.notify_all()
+
+    async def _model_up(self) -> None:
+        if self.breaker.closed:
+            return
+        self.breaker.record_success()
+        metrics.BREAKER_OPEN.set(0)
+        log.info("model circuit breaker closed: scoring and consumption resume")
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _observe_success(self, sessions: int, elapsed: float) -> None:
+        metrics.INFERENCE_SECONDS.observe(elapsed)
+        self._observe_scoring_rate(sessions, elapsed)
+        metrics.SCORE_BATCH_SIZE.observe(sessions)
 
     def _observe_scoring_rate(self, sessions: int, seconds: float) -> None:
         """Track sessions/s and re-bound the pending queue to ``PENDING_TARGET_S`` of work."""
@@ -349,10 +535,16 @@ class Pipeline:
     ) -> ScoreRecord:
         snapshot = entry.snapshot
         last_ms = snapshot.events[-1].event_time_ms if snapshot.events else 0
+        if not math.isfinite(score):  # never reached: non-finite outputs are failures
+            raise ValueError(f"refusing to publish a non-finite score for {session_id}")
+        stale = is_stale(last_ms, now_ms, self.settings.score.stale_after_s)
+        if stale:
+            metrics.STALE_SCORES.inc()
         return ScoreRecord(
             session_id=session_id,
             user_id=snapshot.user_id,
             score=round(min(1.0, max(0.0, score)), 6),
+            stale=stale,
             model_version=self.scorer.model_version,
             window_events=len(snapshot.events),
             session_events=snapshot.aggregates.n_events,
@@ -375,15 +567,18 @@ class Pipeline:
         except StoreUnavailable as exc:
             log.warning("latest scores not written (the read API lags): %s", exc)
 
-    async def _dead_letter_sessions(self, taken: list[tuple[str, PendingEntry[InMessage]]]) -> None:
-        """Inference kept failing: record each session (and the events it waited on)."""
+    async def _dead_letter_sessions(
+        self, failed: list[tuple[tuple[str, PendingEntry[InMessage]], str]]
+    ) -> None:
+        """Sessions the model could not score while it scored others: record each (and the
+        events it waited on) with its own reason."""
         letters = []
-        for session_id, entry in taken:
+        for (session_id, entry), why in failed:
             newest = entry.tokens[-1]
             summary = {
                 "session_id": session_id,
                 "window_events": [e.event_id for e in entry.snapshot.events],
-                "detail": self.health.extra.get("last_scoring_error", ""),
+                "detail": why,
             }
             message = InMessage(
                 key=session_id.encode(),
@@ -393,11 +588,11 @@ class Pipeline:
                 offset=newest.offset,
                 timestamp_ms=newest.timestamp_ms,
             )
-            letters.append(self._letter(message, "scoring_failed", summary["detail"]))
+            letters.append(self._letter(message, "scoring_failed", why))
         await self._publish_dead_letters(letters)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.inference.close()
 
 
 def has_purchased(snapshot: WindowSnapshot) -> bool:
@@ -412,7 +607,21 @@ def _entry(snapshot: WindowSnapshot, waiting: list[InMessage]) -> PendingEntry[I
         tokens=waiting,
         oldest_ingest_ms=min(stamps),
         newest_ingest_ms=max(stamps),
+        size_bytes=sum(_message_bytes(m) for m in waiting),
     )
+
+
+def _arrived_ms(entry: PendingEntry[InMessage]) -> int:
+    """When the entry's oldest event arrived: its Kafka timestamp, or when it was queued if
+    that is earlier (a producer clock ahead of ours must not stretch the wait)."""
+    if entry.queued_ms:
+        return min(entry.oldest_ingest_ms, entry.queued_ms)
+    return entry.oldest_ingest_ms
+
+
+def _message_bytes(message: InMessage) -> int:
+    """What holding a consumed message costs: its value and key, plus object overhead."""
+    return len(message.value) + len(message.key or b"") + MESSAGE_OVERHEAD_BYTES
 
 
 def _count_outcomes(outcomes: Iterable[Any]) -> None:
@@ -427,6 +636,21 @@ def _count_outcomes(outcomes: Iterable[Any]) -> None:
         if count:
             metrics.EVENTS_IN.labels(result).inc(count)
     metrics.EVENTS_IN.labels("valid").inc(valid)
+
+
+def is_stale(last_event_ms: int, now_ms: int, stale_after_s: int) -> bool:
+    """The staleness rule: the session's newest event is older than ``stale_after_s``
+    (``SCORE_STALE_AFTER_S``; 0 = never stale). A backlog replayed by a new consumer group
+    still updates windows, but its scores say ``stale: true`` so triggers can ignore them."""
+    return stale_after_s > 0 and now_ms - last_event_ms > stale_after_s * 1000
+
+
+def _partition_of(message: InMessage) -> tuple[str, int]:
+    return message.topic, message.partition
+
+
+def _store_errors(outcomes: dict[str, Any]) -> dict[str, SessionStoreError]:
+    return {sid: o for sid, o in outcomes.items() if isinstance(o, SessionStoreError)}
 
 
 def _rejected_detail(event: Event, reason: str) -> str:

@@ -31,6 +31,9 @@ class ScoreRecord:
     # The session had already bought: score 1.0 without a model call (a missing field, as in
     # records of older workers, means False).
     purchased: bool = False
+    # The newest event is older than SCORE_STALE_AFTER_S: a backlog score, not a live one.
+    # Consumers treat a missing field as false.
+    stale: bool = False
     # Window facts the trigger rules test (``stream_app.triggers.facts.WindowFacts``).
     facts: dict[str, Any] = field(default_factory=dict)
 

@@ -29,7 +29,13 @@ import orjson
 from redis import exceptions as redis_errors
 
 from stream_app.config import RedisSettings
-from stream_app.errors import InvalidEvent, StoreUnavailable
+from stream_app.errors import (
+    IntentStreamError,
+    InvalidEvent,
+    SessionStoreError,
+    StoreRefused,
+    StoreUnavailable,
+)
 from stream_app.events import Event
 from stream_app.keys import SessionKeys, session_keys
 from stream_app.redis_connect import (
@@ -58,9 +64,46 @@ __all__ = ["CREDENTIAL_ERRORS", "RETRYABLE_ERRORS", "StoreRetry", "redis_client"
 MEMORY_SCHEME = "memory://"
 
 
+# Server replies that mean "not now" rather than "never": an outage, retried.
+TRANSIENT_REPLY_PREFIXES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY",
+                            "CLUSTERDOWN", "OOM")  # fmt: skip
+REFUSED_REPLY_PREFIXES = ("NOPERM", "NOAUTH", "WRONGPASS")
+
+
+def classify_redis_error(error: Exception, context: str) -> IntentStreamError:
+    """The error tree's view of a redis-py error (see errors.py and the README policy):
+
+    * connection, timeout, loading, busy, failover, out of memory -> ``StoreUnavailable``
+      (an outage: the pipeline stalls and retries);
+    * NOPERM / authentication -> ``StoreRefused`` (the worker fails fast);
+    * anything else the server answers (WRONGTYPE, a script error) -> ``SessionStoreError``
+      (deterministic for the keys it ran on: that session is dead-lettered).
+    """
+    message = f"{context}: {error}"
+    if isinstance(error, CREDENTIAL_ERRORS):
+        return StoreRefused(message)
+    if isinstance(error, RETRYABLE_ERRORS):
+        return StoreUnavailable(message)
+    text = str(error).lstrip("-").upper()
+    if isinstance(error, redis_errors.NoPermissionError):  # redis-py drops the code
+        return StoreRefused(f"{context}: NOPERM {error}")
+    if text.startswith(REFUSED_REPLY_PREFIXES):
+        return StoreRefused(message)
+    if text.startswith(TRANSIENT_REPLY_PREFIXES) or not isinstance(
+        error, redis_errors.ResponseError
+    ):
+        return StoreUnavailable(message)
+    code = text.split(" ", 1)[0].split(":", 1)[0][:32] or "ERR"
+    return SessionStoreError(f"store_error:{code}", str(error)[:500])
+
+
 class SessionStore(Protocol):
-    async def apply(self, updates: Mapping[str, Sequence[Event]]) -> dict[str, ApplyOutcome]:
-        """Apply each session's events (in the order given); one outcome per session."""
+    async def apply(
+        self, updates: Mapping[str, Sequence[Event]]
+    ) -> dict[str, ApplyOutcome | SessionStoreError]:
+        """Apply each session's events (in the order given); one outcome per session, or the
+        ``SessionStoreError`` that one session's keys got. Raises ``StoreUnavailable`` (an
+        outage) or ``StoreRefused`` (permissions) for what is not about one session."""
         ...
 
     async def get(self, session_id: str) -> WindowSnapshot | None:
@@ -93,7 +136,9 @@ class InMemorySessionStore:
         self._expire(self._clock())
         return len(self._sessions)
 
-    async def apply(self, updates: Mapping[str, Sequence[Event]]) -> dict[str, ApplyOutcome]:
+    async def apply(
+        self, updates: Mapping[str, Sequence[Event]]
+    ) -> dict[str, ApplyOutcome | SessionStoreError]:
         now = self._clock()
         self._expire(now)
         return {sid: self._apply_one(sid, events, now) for sid, events in updates.items()}
@@ -242,10 +287,16 @@ class RedisSessionStore:
         self._sha = hashlib.sha1(self._script, usedforsecurity=False).hexdigest()
         self._header = [str(rules.max_events), str(rules.session_gap_ms), str(rules.max_seen_ids)]
 
+    @property
+    def client(self) -> RedisClient:
+        return self._client
+
     def keys(self, session_id: str) -> SessionKeys:
         return session_keys(self._prefix, session_id)
 
-    async def apply(self, updates: Mapping[str, Sequence[Event]]) -> dict[str, ApplyOutcome]:
+    async def apply(
+        self, updates: Mapping[str, Sequence[Event]]
+    ) -> dict[str, ApplyOutcome | SessionStoreError]:
         if not updates:
             return {}
         try:
@@ -255,7 +306,7 @@ class RedisSessionStore:
                 await self._client.script_load(self._script)
                 replies.update(await self._run_scripts({sid: updates[sid] for sid in lost}))
         except redis_errors.RedisError as exc:
-            raise StoreUnavailable(f"redis apply failed: {exc}") from exc
+            raise _as_store_failure(classify_redis_error(exc, "redis apply failed")) from exc
         return {sid: self._outcome(sid, updates[sid], reply) for sid, reply in replies.items()}
 
     async def _run_scripts(self, todo: Mapping[str, Sequence[Event]]) -> dict[str, Any]:
@@ -266,9 +317,14 @@ class RedisSessionStore:
         results = await pipe.execute(raise_on_error=False)
         return dict(zip(todo, results, strict=True))
 
-    def _outcome(self, session_id: str, events: Sequence[Event], reply: Any) -> ApplyOutcome:
+    def _outcome(
+        self, session_id: str, events: Sequence[Event], reply: Any
+    ) -> ApplyOutcome | SessionStoreError:
         if isinstance(reply, Exception):
-            raise StoreUnavailable(f"window script failed: {reply}") from reply
+            error = classify_redis_error(reply, "window script failed")
+            if isinstance(error, SessionStoreError):
+                return error
+            raise _as_store_failure(error) from reply
         return outcome_from_reply(session_id, events, reply)
 
     async def get(self, session_id: str) -> WindowSnapshot | None:
@@ -281,7 +337,7 @@ class RedisSessionStore:
             pipe.scard(keys.categories)
             members, agg, n_prod, n_cat = await pipe.execute()
         except redis_errors.RedisError as exc:
-            raise StoreUnavailable(f"redis get failed: {exc}") from exc
+            raise _as_store_failure(classify_redis_error(exc, "redis get failed")) from exc
         if not agg:
             return None
         flat = [x for kv in agg.items() for x in kv]
@@ -299,6 +355,14 @@ class RedisSessionStore:
 
 # ---------------------------------------------------------------------------------------------
 # Construction
+
+
+def _as_store_failure(error: IntentStreamError) -> IntentStreamError:
+    """Outside one session's script a deterministic error is not about a session (e.g. the
+    script does not load): nothing can proceed, so the worker fails fast."""
+    if isinstance(error, SessionStoreError):
+        return StoreRefused(str(error))
+    return error
 
 
 def create_store(settings: RedisSettings, rules: WindowRules) -> SessionStore:

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -28,7 +29,7 @@ from stream_app.errors import TransientError
 
 log = logging.getLogger(__name__)
 
-ClientConfig = dict[str, str | int | float | bool]
+ClientConfig = dict[str, Any]
 
 
 class TopicsNotReady(TransientError):
@@ -53,10 +54,15 @@ def security_config(settings: KafkaSettings) -> ClientConfig:
     return config
 
 
-def _client_config(
+# librdkafka's own log lines (connection failures...) go through Python logging, once per
+# problem, instead of hundreds of raw "FAIL" lines on stderr.
+LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
+
+
+def client_config(
     bootstrap: str, extra: Mapping[str, str | int | float | bool] | None
 ) -> ClientConfig:
-    return {"bootstrap.servers": bootstrap, **(extra or {})}
+    return {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOGGER, **(extra or {})}
 
 
 def ensure_topics(
@@ -68,7 +74,7 @@ def ensure_topics(
     timeout_s: float = 30.0,
 ) -> None:
     """Create the missing ``topics`` (name -> partitions) and wait until all are visible."""
-    admin = AdminClient(_client_config(bootstrap, config))
+    admin = AdminClient(client_config(bootstrap, config))
     existing = admin.list_topics(timeout=timeout_s).topics
     for name, partitions in topics.items():
         if name in existing and len(existing[name].partitions) < partitions:
@@ -109,7 +115,7 @@ def wait_for_topics(
 ) -> dict[str, int]:
     """Poll metadata until every topic exists with a leader per partition; name -> partitions."""
     names = set(topics)
-    admin = AdminClient(_client_config(bootstrap, config))
+    admin = AdminClient(client_config(bootstrap, config))
     deadline = time.monotonic() + timeout_s
     while True:
         ready = _ready_topics(admin.list_topics(timeout=timeout_s), names)
@@ -150,7 +156,7 @@ def read_all(
     """
     partitions = wait_for_topics(bootstrap, [topic], config=config, timeout_s=timeout_s)[topic]
     consumer = Consumer(
-        _client_config(bootstrap, config)
+        client_config(bootstrap, config)
         | {
             "group.id": f"read-all-{uuid.uuid4().hex}",  # librdkafka wants one even for assign
             "enable.auto.commit": False,

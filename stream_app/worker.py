@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
 
@@ -10,24 +11,50 @@ from stream_app.api.latest import InMemoryLatestScores, LatestScores, RedisLates
 from stream_app.app import create_app
 from stream_app.config import Settings, load_settings
 from stream_app.errors import ConfigError, ModelLoadError
+from stream_app.lifecycle import Lifecycle
 from stream_app.logs import configure_logging, worker_logging_config
+from stream_app.preflight import check_broker, check_tls_files, run_checks
 from stream_app.redis_connect import redis_client
 from stream_app.scoring import load_scorer
-from stream_app.store import MEMORY_SCHEME, create_store
+from stream_app.store import MEMORY_SCHEME, RedisSessionStore, create_store
 from stream_app.windows import WindowRules
 
 log = logging.getLogger(__name__)
 
 
-def build_worker_app(settings: Settings) -> faust.App:
+class BoundedWorker(faust.Worker):
+    """``faust.Worker`` whose SIGTERM/SIGINT stop is bounded by ``WORKER_SHUTDOWN_TIMEOUT_S``
+    (see ``lifecycle.py``): Faust's graceful stop runs, a watchdog ends it if it hangs."""
+
+    def __init__(self, app: faust.App, lifecycle: Lifecycle, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.lifecycle = lifecycle
+
+    def _on_sigterm(self) -> None:
+        self.lifecycle.begin_shutdown("SIGTERM")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self.lifecycle.begin_shutdown("SIGINT")
+        super()._on_sigint()
+
+
+def build_worker_app(settings: Settings, lifecycle: Lifecycle | None = None) -> faust.App:
     """Everything that can fail fast (config, model files) fails here, before consuming."""
     if settings.kafka.embedded:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set (the worker needs a broker)")
     if settings.redis.embedded:
         raise ConfigError("REDIS_URL is not set (the worker needs Redis)")
+    check_tls_files(settings.kafka, settings.redis)
+    check_broker(settings.kafka)
+    rules = WindowRules.from_settings(settings.window)
+    store = create_store(settings.redis, rules)
+    if isinstance(store, RedisSessionStore):
+        run_checks(settings.redis, rules)
     scorer = load_scorer(settings.model)
-    store = create_store(settings.redis, WindowRules.from_settings(settings.window))
-    return create_app(settings, scorer=scorer, store=store, latest=latest_scores(settings))
+    return create_app(
+        settings, scorer=scorer, store=store, lifecycle=lifecycle, latest=latest_scores(settings)
+    )
 
 
 def latest_scores(settings: Settings) -> LatestScores | None:
@@ -45,15 +72,23 @@ def run_worker() -> int:
     try:
         settings = load_settings()
         configure_logging(settings.worker.log_level, settings.worker.log_json)
-        app = build_worker_app(settings)
+        lifecycle = Lifecycle(settings.worker.shutdown_timeout_s)
+        app = build_worker_app(settings, lifecycle)
     except (ConfigError, ModelLoadError) as exc:
         log.error("cannot start worker: %s", exc)
         return 2
-    worker = faust.Worker(
+    worker = BoundedWorker(
         app,
+        lifecycle,
         loglevel=settings.worker.log_level.lower(),
         quiet=True,
         logging_config=worker_logging_config(settings.worker.log_level, settings.worker.log_json),
     )
-    worker.execute_from_commandline()
-    return 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    else:  # pragma: no cover - execute_from_commandline always raises SystemExit
+        status = 0
+    lifecycle.finished()
+    return lifecycle.exit_code or status

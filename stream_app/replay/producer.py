@@ -15,7 +15,7 @@ from typing import Any, Literal
 from confluent_kafka import KafkaError, Message, Producer
 
 from stream_app.config import KafkaSettings
-from stream_app.topics import security_config
+from stream_app.topics import LIBRDKAFKA_LOGGER, security_config
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,11 @@ class Delivered:
 
 def kafka_client_config(settings: KafkaSettings) -> dict[str, Any]:
     """librdkafka connection + security settings (security.protocol, SASL, TLS files)."""
-    return {"bootstrap.servers": settings.bootstrap_servers, **security_config(settings)}
+    return {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "logger": LIBRDKAFKA_LOGGER,
+        **security_config(settings),
+    }
 
 
 def producer_config(

@@ -22,6 +22,8 @@ from typing import Any
 from stream_app.config import KafkaSettings, Settings, load_settings
 from stream_app.errors import ConfigError
 from stream_app.events import DEFAULT_LIMITS, EventLimits
+from stream_app.inputs import check_event_log, check_output_file, check_positive
+from stream_app.preflight import check_broker, check_tls_files
 from stream_app.replay.consumer import LagSampler, open_results_consumer, prepare_topics
 from stream_app.replay.producer import Compression, Delivered, EventProducer
 from stream_app.replay.report import ReplayResult
@@ -393,11 +395,14 @@ def _run_tag(text: str) -> str:
 
 
 def config_from_args(args: argparse.Namespace, settings: Settings) -> ReplayConfig:
+    _check_args(args)
     kafka = settings.kafka
     if args.bootstrap_servers:
         kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
     if kafka.embedded:
         raise ConfigError("replay needs a broker: --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS")
+    check_tls_files(kafka, settings.redis)
+    check_broker(kafka)
     timing = TimingConfig(
         speed=None if args.rate else args.speed,
         rate=args.rate,
@@ -421,6 +426,18 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> ReplayConf
         lag_group=settings.worker.app_id,
         session_alias=_session_alias(settings),
     )
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Inputs first: nothing connects before these hold (one line, exit 2, otherwise)."""
+    check_event_log(args.log, "log")
+    for flag, value in (("--rate", args.rate), ("--duration", args.duration),
+                        ("--drain-timeout", args.drain_timeout),
+                        ("--slo-p99-ms", args.slo_p99_ms)):  # fmt: skip
+        check_positive(flag, value)
+    check_positive("--limit", args.limit, allow_zero=True)
+    check_output_file("--report-json", args.report_json)
+    check_output_file("--plot", args.plot)
 
 
 def main_replay(args: argparse.Namespace) -> int:

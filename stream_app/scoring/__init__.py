@@ -36,15 +36,14 @@ class Scorer(Protocol):
 
 
 def resolve_model_dir(settings: ModelSettings) -> Path:
-    """``MODEL_DIR`` if set, else the bundled model (built into the cache on first use)."""
+    """``MODEL_DIR`` if set, else the bundled model's built directory (never builds it)."""
     if settings.dir is not None:
         if not Path(settings.dir).is_dir():
             raise ModelLoadError(f"MODEL_DIR {settings.dir} is not a directory")
         return Path(settings.dir)
-    require_extra("train", "running without MODEL_DIR (it builds the bundled model)")
-    from model_export.bundle import default_model_dir
+    from stream_app.scoring.locate import bundled_model_dir
 
-    return default_model_dir()
+    return bundled_model_dir()
 
 
 def load_scorer(settings: ModelSettings) -> Scorer:

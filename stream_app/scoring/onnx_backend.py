@@ -1,27 +1,26 @@
-"""ONNX Runtime CPU backend (fp32 or dynamic-INT8 graph)."""
+"""ONNX Runtime CPU backend: the item encoder and the session model graphs (fp32)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stream_app.errors import ModelLoadError
+from stream_app.scoring.item_cache import DEFAULT_CAPACITY, ItemEmbeddingCache
 from stream_app.scoring.model_dir import ModelMetadata, load_metadata, require_files
 from stream_app.scoring.preprocess import (
+    ITEM_INPUTS,
+    SESSION_INPUTS,
     EncodedBatch,
     Preprocessor,
+    SessionBatch,
     SnapshotScoring,
-    score_batches,
 )
 
 if TYPE_CHECKING:
     import onnxruntime as ort
-
-
-EXPECTED_INPUTS = ("input_ids", "attention_mask", "features")
 
 
 def create_session(
@@ -52,61 +51,79 @@ def create_session(
         raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
 
 
-def run_session(
-    session: ort.InferenceSession,
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
-    features: np.ndarray,
-) -> np.ndarray:
-    feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "features": features}
+def run_items(session: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    (embedding,) = session.run(["item_embedding"], {"input_ids": ids, "attention_mask": mask})
+    return np.asarray(embedding, dtype=np.float32)
+
+
+def run_session_model(session: ort.InferenceSession, arrays: tuple[np.ndarray, ...]
+                      ) -> np.ndarray:  # fmt: skip
+    feeds = dict(zip(SESSION_INPUTS, arrays, strict=True))
     (probability,) = session.run(["probability"], feeds)
     return np.asarray(probability, dtype=np.float32)
 
 
-def _check_signature(session: ort.InferenceSession, path: Path, n_features: int) -> None:
-    inputs = {i.name: i for i in session.get_inputs()}
-    if set(inputs) != set(EXPECTED_INPUTS):
-        raise ModelLoadError(f"{path}: inputs {sorted(inputs)} != {sorted(EXPECTED_INPUTS)}")
-    width = inputs["features"].shape[1]
-    if isinstance(width, int) and width != n_features:
-        raise ModelLoadError(f"{path}: {width} features, metadata lists {n_features}")
-    if [o.name for o in session.get_outputs()] != ["probability"]:
-        raise ModelLoadError(f"{path}: output must be 'probability'")
+def check_signature(
+    session: ort.InferenceSession, path: Path, inputs: tuple[str, ...], output: str
+) -> None:
+    names = {i.name for i in session.get_inputs()}
+    if names != set(inputs):
+        raise ModelLoadError(f"{path}: inputs {sorted(names)} != {sorted(inputs)}")
+    if [o.name for o in session.get_outputs()] != [output]:
+        raise ModelLoadError(f"{path}: output must be {output!r}")
+
+
+def _check_features(session: ort.InferenceSession, path: Path, meta: ModelMetadata) -> None:
+    width = next(i.shape[1] for i in session.get_inputs() if i.name == "features")
+    if isinstance(width, int) and width != len(meta.feature_names):
+        raise ModelLoadError(f"{path}: {width} features, metadata lists {len(meta.feature_names)}")
 
 
 class OnnxScorer(SnapshotScoring):
-    """Synchronous; call it from a worker thread."""
+    """Synchronous; call it from a worker thread (ONNX Runtime sessions are thread-safe)."""
 
-    def __init__(self, model_dir: Path, variant: str = "fp32", threads: int = 0) -> None:
+    def __init__(
+        self, model_dir: Path, variant: str = "fp32", threads: int = 0,
+        cache_size: int = DEFAULT_CAPACITY,
+    ) -> None:  # fmt: skip
         self.metadata: ModelMetadata = load_metadata(model_dir)
-        if variant not in self.metadata.onnx:
+        if variant == "session" or variant not in self.metadata.onnx:
             raise ModelLoadError(f"model directory {model_dir} has no {variant!r} ONNX graph")
-        path = Path(model_dir) / self.metadata.onnx[variant]
-        require_files(model_dir, [self.metadata.onnx[variant]])
-        self.session = create_session(path, threads)
-        _check_signature(self.session, path, len(self.metadata.feature_names))
+        names = [self.metadata.onnx[variant], self.metadata.onnx["session"]]
+        require_files(model_dir, names)
+        item_path, session_path = (Path(model_dir) / n for n in names)
+        self.items_session = create_session(item_path, threads)
+        check_signature(self.items_session, item_path, ITEM_INPUTS, "item_embedding")
+        self.session = create_session(session_path, threads)
+        check_signature(self.session, session_path, SESSION_INPUTS, "probability")
+        _check_features(self.session, session_path, self.metadata)
         self.preprocessor = Preprocessor(model_dir, self.metadata)
+        self.item_cache = ItemEmbeddingCache(self.metadata.item_dim, cache_size)
         self.model_version = f"{self.metadata.model_version}-onnx-{variant}"
         self.max_tokens = self.metadata.max_tokens
-        self._warm_up(path)
+        warm_up(self, model_dir)
 
-    def _warm_up(self, path: Path) -> None:
-        # One real run so a graph that loads but cannot execute fails at start-up.
-        batch = self.preprocessor.encode_texts(
-            ["view"], np.zeros((1, len(self.metadata.feature_names)), dtype=np.float32)
-        )[0]
-        try:
-            probability = self._run(batch)
-        except Exception as exc:
-            raise ModelLoadError(f"{path}: warm-up inference failed: {exc}") from exc
-        if probability.shape != (1,) or not np.all(np.isfinite(probability)):
-            raise ModelLoadError(f"{path}: warm-up produced {probability!r}")
+    def run_items(self, batch: EncodedBatch) -> np.ndarray:
+        return run_items(self.items_session, batch.input_ids, batch.attention_mask)
 
-    def _run(self, batch: EncodedBatch) -> np.ndarray:
-        return run_session(self.session, batch.input_ids, batch.attention_mask, batch.features)
-
-    def score_encoded(self, batches: Sequence[EncodedBatch]) -> np.ndarray:
-        return score_batches(batches, self._run)
+    def run_session(self, batch: SessionBatch) -> np.ndarray:
+        return run_session_model(self.session, batch.arrays())
 
     def close(self) -> None:
         self.session = None
+        self.items_session = None
+
+
+def warm_up(scorer: SnapshotScoring, model_dir: Path) -> None:
+    """One real run of both graphs, so a model that loads but cannot execute fails at start."""
+    from stream_app.events import Event
+    from stream_app.windows import WindowSnapshot
+
+    event = Event("warm-up", 0, "view", "warm-up", product_name="warm up item", price=1.0)
+    try:
+        probability = scorer.score([WindowSnapshot("warm-up", "", (event,))])
+        scorer.item_cache.clear()
+    except Exception as exc:
+        raise ModelLoadError(f"{model_dir}: warm-up inference failed: {exc}") from exc
+    if probability.shape != (1,) or not np.all(np.isfinite(probability)):
+        raise ModelLoadError(f"{model_dir}: warm-up produced {probability!r}")

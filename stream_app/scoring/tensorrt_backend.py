@@ -1,7 +1,8 @@
-"""TensorRT backend: a serialized engine with one optimization profile per bucket.
+"""TensorRT backend: one serialized engine per ONNX graph (item encoder, session model).
 
-The engine (built by ``model_export.tensorrt_build``) lives in the model directory next to
-the ONNX graph it came from; ``metadata.json["tensorrt"]`` lists its profiles. Device buffers
+The engines (built by ``model_export.tensorrt_build``) live in the model directory next to
+the ONNX graphs they came from; ``metadata.json["tensorrt"]`` names them and lists each
+one's optimization profiles, which match the preprocessor's buckets. Device buffers
 are torch CUDA tensors, so no extra CUDA binding package is needed. ``tensorrt`` is imported
 only when this backend is chosen; without it, or without CUDA, loading is a
 ``ModelLoadError`` that says what is missing.
@@ -14,28 +15,29 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from stream_app.errors import ModelLoadError
+from stream_app.scoring.item_cache import DEFAULT_CAPACITY, ItemEmbeddingCache
 from stream_app.scoring.model_dir import load_metadata
 from stream_app.scoring.preprocess import (
+    ITEM_INPUTS,
+    SESSION_INPUTS,
     EncodedBatch,
     Preprocessor,
+    SessionBatch,
     SnapshotScoring,
-    score_batches,
 )
 
-if TYPE_CHECKING:
-    pass
-
-INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "features")
+ENGINES = {"items": (ITEM_INPUTS, "item_embedding"), "session": (SESSION_INPUTS, "probability")}
 
 
 @dataclass(frozen=True)
 class EngineProfile:
-    """Shape range of one optimization profile: batch in [min, max] at exactly ``tokens``."""
+    """Shape range of one optimization profile: batch in [min, max] at exactly ``tokens``
+    (item tokens for the item encoder; window events K for the session model)."""
 
     tokens: int
     min_batch: int
@@ -49,9 +51,9 @@ class EngineProfile:
         return asdict(self)
 
 
-def profiles_from_metadata(raw: dict[str, Any]) -> list[EngineProfile]:
+def profiles_from_metadata(raw: list[dict[str, Any]]) -> list[EngineProfile]:
     try:
-        return [EngineProfile(**{k: int(v) for k, v in p.items()}) for p in raw["profiles"]]
+        return [EngineProfile(**{k: int(v) for k, v in p.items()}) for p in raw]
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"invalid tensorrt profiles in metadata: {exc!r}") from exc
 
@@ -96,26 +98,19 @@ def load_engine(trt: ModuleType, path: Path) -> Any:
     return engine
 
 
-class TensorRTScorer(SnapshotScoring):
-    """Synchronous; one execution context per profile, created on first use."""
+class _Engine:
+    """One engine, its profiles and one execution context per profile (made on first use)."""
 
-    def __init__(self, model_dir: Path, device: str = "cuda") -> None:
+    def __init__(self, trt: ModuleType, path: Path, profiles: list[EngineProfile], kind: str,
+                 device: Any) -> None:  # fmt: skip
         import torch
 
-        trt = import_tensorrt()
-        self.device = _require_cuda(device)
-        self.metadata = load_metadata(model_dir)
-        info = self.metadata.tensorrt
-        if not info:
-            raise ModelLoadError(f"{model_dir}: metadata has no tensorrt section; build engines")
-        self.profiles = profiles_from_metadata(info)
-        self.engine = load_engine(trt, Path(model_dir) / str(info.get("engine", "model.plan")))
-        self.preprocessor = Preprocessor(model_dir, self.metadata)
-        self.stream = torch.cuda.Stream(device=self.device)
+        self.engine = load_engine(trt, path)
+        self.profiles = profiles
+        self.inputs, self.output = ENGINES[kind]
+        self.device = device
+        self.stream = torch.cuda.Stream(device=device)
         self._contexts: dict[int, Any] = {}
-        self._lock = threading.Lock()
-        self.model_version = f"{self.metadata.model_version}-tensorrt-{info.get('precision', '')}"
-        self.max_tokens = self.metadata.max_tokens
 
     def _context(self, index: int) -> Any:
         context = self._contexts.get(index)
@@ -125,28 +120,58 @@ class TensorRTScorer(SnapshotScoring):
             self._contexts[index] = context
         return context
 
-    def _run(self, batch: EncodedBatch) -> np.ndarray:
+    def run(self, arrays: Sequence[np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:
         import torch
 
-        rows, tokens = batch.shape
+        rows, tokens = int(arrays[0].shape[0]), int(arrays[0].shape[1])
         context = self._context(profile_for(self.profiles, rows, tokens))
-        arrays = (batch.input_ids, batch.attention_mask, batch.features)
         with torch.cuda.stream(self.stream):
-            tensors = [torch.from_numpy(a).to(self.device, non_blocking=True) for a in arrays]
-            out = torch.empty(rows, dtype=torch.float32, device=self.device)
-            for name, tensor in zip(INPUTS, tensors, strict=True):
+            tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
+                       for a in arrays]  # fmt: skip
+            out = torch.empty(out_shape, dtype=torch.float32, device=self.device)
+            for name, tensor in zip(self.inputs, tensors, strict=True):
                 context.set_input_shape(name, tuple(tensor.shape))
                 context.set_tensor_address(name, tensor.data_ptr())
-            context.set_tensor_address("probability", out.data_ptr())
+            context.set_tensor_address(self.output, out.data_ptr())
             if not context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError(f"TensorRT execution failed for shape {batch.shape}")
+                raise RuntimeError(f"TensorRT execution failed for shape {arrays[0].shape}")
             result = out.cpu()  # synchronises the stream
         return np.asarray(result.numpy(), dtype=np.float32)
 
-    def score_encoded(self, batches: Sequence[EncodedBatch]) -> np.ndarray:
+
+class TensorRTScorer(SnapshotScoring):
+    """Synchronous; calls are serialised by a lock."""
+
+    def __init__(self, model_dir: Path, device: str = "cuda",
+                 cache_size: int = DEFAULT_CAPACITY) -> None:  # fmt: skip
+        trt = import_tensorrt()
+        self.device = _require_cuda(device)
+        self.metadata = load_metadata(model_dir)
+        info = self.metadata.tensorrt
+        if not info:
+            raise ModelLoadError(f"{model_dir}: metadata has no tensorrt section; build engines")
+        try:
+            self.engines = {
+                kind: _Engine(trt, Path(model_dir) / str(info["engines"][kind]),
+                              profiles_from_metadata(info["profiles"][kind]), kind, self.device)
+                for kind in ENGINES
+            }  # fmt: skip
+        except (KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{model_dir}: invalid tensorrt metadata: {exc!r}") from exc
+        self.preprocessor = Preprocessor(model_dir, self.metadata)
+        self.item_cache = ItemEmbeddingCache(self.metadata.item_dim, cache_size)
+        self._lock = threading.Lock()
+        self.model_version = f"{self.metadata.model_version}-tensorrt-{info.get('precision', '')}"
+        self.max_tokens = self.metadata.max_tokens
+
+    def run_items(self, batch: EncodedBatch) -> np.ndarray:
         with self._lock:
-            return score_batches(batches, self._run)
+            return self.engines["items"].run((batch.input_ids, batch.attention_mask),
+                                             (batch.shape[0], self.metadata.item_dim))  # fmt: skip
+
+    def run_session(self, batch: SessionBatch) -> np.ndarray:
+        with self._lock:
+            return self.engines["session"].run(batch.arrays(), (batch.rows,))
 
     def close(self) -> None:
-        self._contexts.clear()
-        self.engine = None
+        self.engines.clear()

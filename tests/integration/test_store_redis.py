@@ -25,7 +25,7 @@ from redis.crc import key_slot
 
 from stream_app.config import RedisSettings
 from stream_app.embedded import EmbeddedRedis, generate_test_certificates
-from stream_app.errors import StoreUnavailable
+from stream_app.errors import StoreRefused, StoreUnavailable
 from stream_app.events import Event
 from stream_app.store import RedisSessionStore, create_store, redis_client
 from stream_app.windows import ApplyOutcome, WindowRules, WindowState, apply_events
@@ -264,7 +264,7 @@ async def test_tls_and_acl_credentials_from_settings(tmp_path: Path) -> None:
             out = await secure.apply({"s": [ev("s", "a", 0)]})
             assert [e.event_id for e in out["s"].accepted] == ["a"]
             assert await secure.get("s") == out["s"].snapshot
-            with pytest.raises(StoreUnavailable):
+            with pytest.raises(StoreRefused):  # a wrong password does not heal: fail fast
                 await wrong.apply({"s": [ev("s", "b", 1)]})
         finally:
             await secure.close()

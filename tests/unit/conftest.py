@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from model_export.bundle import build_untrained_model_dir
+from model_export.bundle import untrained_model_dir
 
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete model directory around the real MiniLM encoder with a seeded random head:
-    the serving code's inputs, shapes and cost without depending on the trained weights."""
+    """A complete model directory around the real MiniLM encoder with seeded random trained
+    parts: the serving code's inputs, shapes and cost without depending on the weights."""
     path = tmp_path_factory.getbasetemp() / "untrained-model"
     if not (path / "metadata.json").is_file():
-        build_untrained_model_dir(path)
+        untrained_model_dir(path)
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model_export.data import (
@@ -156,3 +157,27 @@ def test_replay_ends_where_the_live_window_ends(rees46_csv: Path) -> None:
     events = ds.sessions["nobuy"]
     rules = WindowRules(max_events=1)
     assert snapshots_for_session(events, rules)[-1] == expected_window("nobuy", events, rules)
+
+
+def test_oof_rates_never_count_the_rows_own_user() -> None:
+    from model_export.data import group_sessions, session_examples
+    from model_export.rates import count_rates, oof_rate_matrix
+    from model_export.tables import TextVocab, build_table
+    from stream_app.events import Event
+    from stream_app.scoring.inputs import InputSpec
+
+    def event(i: int, user: str, kind: str) -> Event:
+        return Event(f"{user}{i}", 1_000_000 + i * 1000, kind, f"s-{user}", user, product_id="X")
+
+    events = [event(0, "a", "view"), event(1, "a", "cart"), event(2, "a", "purchase"),
+              event(0, "b", "view"), event(1, "b", "view")]  # fmt: skip
+    sessions = group_sessions(events)
+    examples = session_examples(sessions["s-a"], WindowRules())
+    rows = build_table("t", examples, InputSpec(), TextVocab())
+    keyed = {f"t:{sid}": evs for sid, evs in sessions.items()}
+    users = {f"t:{sid}": f"t:{evs[0].user_id}" for sid, evs in sessions.items()}
+    oof = oof_rate_matrix(rows, keyed, users, n_folds=2, seed=0)
+    only_b = count_rates([sessions["s-b"]])
+    expected = only_b.features_for_keys("X", "", ("X",))
+    np.testing.assert_allclose(oof[0], expected, rtol=1e-6)  # a's own purchase is not counted
+    assert count_rates(sessions.values()).product["X"] == (2, 1, 1)

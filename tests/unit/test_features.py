@@ -131,3 +131,80 @@ def test_price_buckets(price: float | None, bucket: str) -> None:
 def test_event_text_includes_query() -> None:
     search = Event("q1", T0, "search", "s1", query="red running shoes")
     assert event_text(search) == "search red running shoes"
+
+
+# ---------------------------------------------------------------------------- item sequence
+
+
+def test_item_text_prefers_the_title_then_category_and_brand_then_the_query() -> None:
+    from stream_app.features import item_text
+
+    named = ev(0, "view", 0, product_name="  Google Men's  Tee ", category_code="a.b", brand="g")
+    assert item_text(named) == "google men's tee"
+    assert item_text(ev(1, "view", 0, category_code="electronics.smart_phone", brand="Apple")) == (
+        "electronics smart phone apple"
+    )
+    ga = ev(2, "cart", 0, category_code="Home/Apparel/Men's-T-Shirts/")
+    assert item_text(ga) == "home apparel men's t shirts"
+    search = ev(3, "search", 0, query="Red Shoes", product_name="ignored")
+    assert item_text(search) == "red shoes"
+
+
+def test_event_numerics_gaps_price_repeats_and_position() -> None:
+    from stream_app.features import EVENT_NUMERIC_NAMES, event_numerics
+
+    events = (ev(0, "view", 0, 100.0), ev(3, "view", 10, 400.0), ev(6, "cart", 70, None))
+    values = event_numerics(events)  # products p0, p0, p0; median price 250
+    assert values.shape == (3, len(EVENT_NUMERIC_NAMES))
+    np.testing.assert_allclose(values[:, 0], np.log1p([0, 10, 60]), rtol=1e-6)
+    np.testing.assert_allclose(values[:, 1], [math.log(100 / 250), math.log(400 / 250), 0.0],
+                               rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(values[:, 2], np.log1p([0, 1, 2]), rtol=1e-6)
+    np.testing.assert_allclose(values[:, 3], np.log1p([2, 1, 0]), rtol=1e-6)
+
+
+def test_last_product_features_and_context() -> None:
+    from stream_app.features import (
+        LAST_PRODUCT_FEATURE_NAMES,
+        context_values,
+        last_product_features,
+    )
+
+    events = [ev(0, "view", 0, device="Mobile"), ev(1, "view", 30), ev(3, "cart", 90),
+              ev(4, "view", 100, channel="Direct")]  # fmt: skip
+    snap = snapshot(events)  # last product p1: viewed at 30 s, last event at 100 s
+    values = dict(zip(LAST_PRODUCT_FEATURE_NAMES, last_product_features(snap), strict=True))
+    assert values["last_product_log_views"] == pytest.approx(math.log1p(2))
+    assert values["last_product_carted"] == 0.0
+    assert values["last_product_log_dwell_s"] == pytest.approx(math.log1p(70))
+    assert values["log_window_carted_products"] == pytest.approx(math.log1p(1))
+    assert context_values(snap) == ("mobile", "direct", "")
+
+
+def test_windows_are_right_aligned_with_the_newest_event_last() -> None:
+    from stream_app.features import EVENT_TYPE_IDS
+    from stream_app.scoring.inputs import InputSpec, encode_windows
+    from stream_app.scoring.rates import RatesTable
+
+    spec = InputSpec(max_events=4, context_vocab=(("mobile",), (), ()))
+    short = snapshot([ev(0, "view", 0, product_name="a"), ev(1, "cart", 5, product_name="b")])
+    long = snapshot([ev(i, "view", i, product_name=f"t{i}") for i in range(6)])
+    arrays = encode_windows([short, long], spec, RatesTable())
+    assert arrays.mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
+    assert arrays.event_types[0].tolist() == [0, 0, EVENT_TYPE_IDS["view"], EVENT_TYPE_IDS["cart"]]
+    assert [arrays.texts[i] for i in arrays.text_index[1]] == ["t2", "t3", "t4", "t5"]
+    assert arrays.features.shape == (2, len(spec.feature_names))
+    assert spec.feature_names[-7:][0] == "last_product_cart_rate"
+
+
+def test_rates_are_smoothed_toward_the_prior() -> None:
+    from stream_app.scoring.rates import RatesTable
+
+    table = RatesTable(prior_cart=0.1, prior_buy=0.02, strength=20.0,
+                       product={"hot": (180, 90, 45)})  # fmt: skip
+    cart, buy, _logn = table.rates(table.product["hot"])
+    assert 1 / (1 + math.exp(-cart)) == pytest.approx((90 + 2) / 200)
+    assert 1 / (1 + math.exp(-buy)) == pytest.approx((45 + 0.4) / 200)
+    unseen = table.rates(None)
+    assert 1 / (1 + math.exp(-unseen[1])) == pytest.approx(0.02)
+    assert unseen[2] == 0.0

@@ -196,13 +196,17 @@ async def test_store_outage_is_retried_without_losing_or_acking() -> None:
     assert [r.session_events for r in rec.scores] == [1]
 
 
-async def test_scoring_failure_is_retried_then_dead_lettered() -> None:
+async def test_a_model_failing_everything_dead_letters_nothing_and_acks_nothing() -> None:
     rec = Recorder()
     pipe = make_pipeline(rec, scorer=CountingScorer(failures=5))
     await pipe.ingest([message(0, "s1", 1)])
-    await pipe.score_pending()
+    await pipe.score_pending()  # 2 attempts and the known-good probe all fail: model down
     assert rec.scores == []
-    assert [letter["reason"] for letter in rec.letters] == ["scoring_failed"]
+    assert rec.letters == []
+    assert rec.acked == []
+    assert len(pipe.pending) == 1  # kept for the next try
+    await pipe.score_pending()
+    assert [r.session_id for r in rec.scores] == ["s1"]
     assert rec.acked == [0]
 
 

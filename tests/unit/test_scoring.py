@@ -1,4 +1,4 @@
-"""Scoring backends over a real model directory (real MiniLM, seeded random head)."""
+"""Scoring backends over a real model directory (real MiniLM, seeded random trained parts)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from stream_app.config import ModelSettings
 from stream_app.errors import ModelLoadError
 from stream_app.events import Event
-from stream_app.features import FEATURE_NAMES
 from stream_app.scoring import Scorer, load_scorer
+from stream_app.scoring.item_cache import ItemEmbeddingCache
 from stream_app.scoring.model_dir import load_metadata, metadata_from_dict, seq_buckets_for
-from stream_app.scoring.onnx_backend import OnnxScorer, run_session
+from stream_app.scoring.onnx_backend import OnnxScorer, run_session_model
 from stream_app.scoring.preprocess import bucket_for, pad_rows, pad_tokens
 from stream_app.scoring.torch_backend import TorchScorer
 from stream_app.windows import WindowRules, WindowSnapshot, expected_window
@@ -27,7 +27,8 @@ def onnx_scorer(model_dir: Path) -> OnnxScorer:
     return OnnxScorer(model_dir)
 
 
-def _snapshot(session: str, n_events: int, cart_every: int = 0) -> WindowSnapshot:
+def _snapshot(session: str, n_events: int, cart_every: int = 0, named: bool = True
+              ) -> WindowSnapshot:  # fmt: skip
     events = [
         Event(
             event_id=f"{session}-{i}",
@@ -39,6 +40,8 @@ def _snapshot(session: str, n_events: int, cart_every: int = 0) -> WindowSnapsho
             category_code="electronics.smartphone" if i % 2 else "appliances.kitchen.kettle",
             brand="samsung" if i % 3 else "bosch",
             price=19.99 * (1 + i),
+            product_name=f"google tee {i % 5}" if named else "",
+            device="mobile" if i % 2 else "",
         )
         for i in range(n_events)
     ]
@@ -46,7 +49,7 @@ def _snapshot(session: str, n_events: int, cart_every: int = 0) -> WindowSnapsho
 
 
 def _snapshots() -> list[WindowSnapshot]:
-    return [_snapshot(f"s{i}", 1 + 3 * i, cart_every=i % 3) for i in range(6)]
+    return [_snapshot(f"s{i}", 1 + 5 * i, cart_every=i % 3, named=i % 2 == 0) for i in range(6)]
 
 
 def test_bucket_for_picks_smallest_holding_bucket() -> None:
@@ -56,17 +59,22 @@ def test_bucket_for_picks_smallest_holding_bucket() -> None:
 
 
 def test_seq_buckets_end_at_max_tokens() -> None:
-    assert seq_buckets_for(64) == (16, 32, 64)
-    assert seq_buckets_for(100) == (16, 32, 64, 100)
+    assert seq_buckets_for(32) == (8, 16, 32)
+    assert seq_buckets_for(20) == (8, 16, 20)
     assert seq_buckets_for(8) == (8,)
 
 
-def test_metadata_rejects_buckets_past_max_tokens() -> None:
-    raw = {"model_version": "v", "max_tokens": 64, "feature_names": ["a"]}
+def test_metadata_rejects_bad_buckets_and_foreign_features(model_dir: Path) -> None:
+    meta = load_metadata(model_dir)
+    raw = {"model_version": "v", "max_tokens": 32, "feature_names": list(meta.feature_names),
+           "context_vocab": [list(v) for v in meta.context_vocab]}  # fmt: skip
+    assert metadata_from_dict(raw).feature_names == meta.feature_names
     with pytest.raises(ModelLoadError, match="max_tokens"):
-        metadata_from_dict({**raw, "seq_buckets": [16, 128]})
+        metadata_from_dict({**raw, "seq_buckets": [16, 64]})
     with pytest.raises(ModelLoadError, match="ascending"):
         metadata_from_dict({**raw, "batch_buckets": [4, 2]})
+    with pytest.raises(ModelLoadError, match="expects features"):
+        metadata_from_dict({**raw, "feature_names": ["a"]})
 
 
 def test_pad_tokens_and_rows() -> None:
@@ -78,19 +86,26 @@ def test_pad_tokens_and_rows() -> None:
     assert (padded[2:] == ids[0]).all()  # filler repeats row 0, never an all-masked row
 
 
-def test_bucketed_batch_scores_like_unpadded(onnx_scorer: OnnxScorer) -> None:
-    texts = ["view electronics smartphone samsung $200-500 " * 6] * 5
-    tokens = onnx_scorer.preprocessor.tokenize(texts)
-    assert {len(t) for t in tokens} == {len(tokens[0])}
-    assert 33 <= len(tokens[0]) <= 64
-    feats = np.random.default_rng(3).normal(size=(5, len(FEATURE_NAMES))).astype(np.float32)
-    (batch,) = onnx_scorer.preprocessor.encode_texts(texts, feats)
-    assert batch.shape == (8, 64)
-    assert batch.n == 5
-    padded = onnx_scorer.score_encoded([batch])
-    ids = np.asarray(tokens, dtype=np.int64)
-    unpadded = run_session(onnx_scorer.session, ids, np.ones_like(ids), feats)
-    np.testing.assert_allclose(padded, unpadded, atol=1e-5, rtol=0)
+def test_bucketed_item_batches_embed_like_unpadded(onnx_scorer: OnnxScorer) -> None:
+    texts = ["google men's tee " * 2, "lego", "", "youtube twill cap black"]
+    batches = onnx_scorer.preprocessor.item_batches(texts)
+    assert [(b.shape, b.n) for _, b in batches] == [((4, 16), 4)]
+    bucketed = onnx_scorer.encode_items(texts)
+    for i, text in enumerate(texts):
+        (tokens,) = onnx_scorer.preprocessor.tokenize([text])
+        ids = np.asarray([tokens], dtype=np.int64)
+        alone = onnx_scorer.run_items(type(batches[0][1])(ids, np.ones_like(ids), 1))
+        np.testing.assert_allclose(bucketed[i], alone[0], atol=1e-5, rtol=0)
+
+
+def test_padded_session_rows_score_like_unpadded(onnx_scorer: OnnxScorer) -> None:
+    arrays = onnx_scorer.preprocessor.encode(_snapshots()[:3])
+    items = onnx_scorer.embed(arrays.texts)[arrays.text_index]
+    (batch,) = onnx_scorer.preprocessor.session_batches(arrays, items)
+    assert (batch.rows, batch.n) == (4, 3)
+    unpadded = run_session_model(onnx_scorer.session, (items, arrays.event_types,
+                                 arrays.numerics, arrays.mask, arrays.features))  # fmt: skip
+    np.testing.assert_allclose(onnx_scorer.run_session(batch)[:3], unpadded, atol=1e-6)
 
 
 def test_scorer_returns_one_probability_per_snapshot_in_order(onnx_scorer: OnnxScorer) -> None:
@@ -107,35 +122,60 @@ def test_scorer_returns_one_probability_per_snapshot_in_order(onnx_scorer: OnnxS
     assert onnx_scorer.score([]).shape == (0,)
 
 
+def test_item_cache_encodes_only_new_texts(model_dir: Path) -> None:
+    scorer = OnnxScorer(model_dir)
+    calls: list[int] = []
+    run = scorer.run_items
+    scorer.run_items = lambda b: (calls.append(b.n), run(b))[1]  # type: ignore[method-assign]
+    cold = scorer.score(_snapshots())
+    first = sum(calls)
+    assert first == len(scorer.item_cache) > 0  # each distinct text encoded exactly once
+    warm = scorer.score(_snapshots())
+    assert sum(calls) == first  # nothing new: no encoder call at all
+    np.testing.assert_allclose(warm, cold, atol=1e-6)
+    new = Event("n1", T0, "view", "new", product_id="9", product_name="a never seen item")
+    scorer.score([expected_window("new", [new], WindowRules())])
+    assert sum(calls) == first + 1
+
+
+def test_item_cache_is_bounded_lru() -> None:
+    cache = ItemEmbeddingCache(dim=2, capacity=2)
+    cache.store(["a", "b"], np.ones((2, 2)))
+    cache.lookup(["a"])  # "a" is now the most recent
+    cache.store(["c"], np.zeros((1, 2)))
+    _, missing = cache.lookup(["a", "b", "c"])
+    assert missing == [1]
+    assert len(cache) == 2
+
+
 def test_torch_cpu_backend_matches_onnx(model_dir: Path, onnx_scorer: OnnxScorer) -> None:
     torch_scorer = TorchScorer(model_dir, device="cpu")
     snapshots = _snapshots()
     np.testing.assert_allclose(
-        torch_scorer.score(snapshots), onnx_scorer.score(snapshots), atol=1e-4, rtol=0
+        torch_scorer.score(snapshots), onnx_scorer.score(snapshots), atol=1e-5, rtol=0
     )
     assert isinstance(torch_scorer, Scorer)
     torch_scorer.close()
 
 
-def test_load_scorer_int8_variant_close_to_fp32(model_dir: Path, onnx_scorer: OnnxScorer) -> None:
-    scorer = load_scorer(ModelSettings(dir=model_dir, backend="onnx", variant="int8", threads=1))
+def test_load_scorer_picks_the_backend(model_dir: Path) -> None:
+    scorer = load_scorer(ModelSettings(dir=model_dir, backend="onnx", threads=1))
     assert isinstance(scorer, Scorer)
-    assert scorer.model_version.endswith("onnx-int8")
-    assert scorer.max_tokens == 64
-    snapshots = _snapshots()
-    assert np.max(np.abs(scorer.score(snapshots) - onnx_scorer.score(snapshots))) < 0.02
-    scorer.close()
+    assert scorer.model_version.endswith("onnx-fp32")
+    assert scorer.max_tokens == 32
+    with pytest.raises(ModelLoadError, match="int8"):
+        load_scorer(ModelSettings(dir=model_dir, backend="onnx", variant="int8"))
 
 
 def _copy_model_dir(model_dir: Path, dest: Path) -> Path:
-    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("model.pt", "model.int8.onnx"))
+    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("model.pt", "*.int8.onnx"))
     return dest
 
 
 def test_corrupt_onnx_fails_at_load(model_dir: Path, tmp_path: Path) -> None:
     broken = _copy_model_dir(model_dir, tmp_path / "broken")
-    data = (broken / "model.onnx").read_bytes()
-    (broken / "model.onnx").write_bytes(data[: len(data) // 3])  # truncated download
+    data = (broken / "session_model.onnx").read_bytes()
+    (broken / "session_model.onnx").write_bytes(data[: len(data) // 3])  # truncated download
     with pytest.raises(ModelLoadError, match="cannot load ONNX model"):
         load_scorer(ModelSettings(dir=broken, backend="onnx"))
 
@@ -147,16 +187,27 @@ def test_missing_or_mismatched_model_dir_fails_at_load(model_dir: Path, tmp_path
         load_scorer(ModelSettings(dir=tmp_path))
     other = _copy_model_dir(model_dir, tmp_path / "other")
     meta = load_metadata(other)
-    renamed = meta.to_json().replace(f'"{FEATURE_NAMES[0]}"', '"some_other_feature"')
+    renamed = meta.to_json().replace('"log_n_events"', '"some_other_feature"')
     (other / "metadata.json").write_text(renamed, encoding="utf-8")
     with pytest.raises(ModelLoadError, match="expects features"):
         OnnxScorer(other)
+    (other / "metadata.json").write_text(meta.to_json(), encoding="utf-8")
     with pytest.raises(ModelLoadError, match=r"lacks model\.pt"):
         TorchScorer(other)
+    (other / "rates.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ModelLoadError, match="rates"):
+        OnnxScorer(other)
+
+
+def test_missing_bundled_build_names_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INTENT_STREAM_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelLoadError, match="intent-stream build-model"):
+        load_scorer(ModelSettings(dir=None))
 
 
 def test_tensorrt_backend_without_gpu_is_a_load_error(model_dir: Path) -> None:
-    pytest.importorskip("torch")
     import torch
 
     if torch.cuda.is_available():
@@ -166,10 +217,14 @@ def test_tensorrt_backend_without_gpu_is_a_load_error(model_dir: Path) -> None:
 
 
 def test_large_batches_are_split_at_the_largest_bucket(onnx_scorer: OnnxScorer) -> None:
-    texts = [f"view item {i}" for i in range(130)]
-    feats = np.zeros((130, len(FEATURE_NAMES)), dtype=np.float32)
-    batches = onnx_scorer.preprocessor.encode_texts(texts, feats)
-    assert [(b.shape, b.n) for b in batches] == [((128, 16), 128), ((2, 16), 2)]
+    texts = [f"item {i}" for i in range(130)]
+    batches = onnx_scorer.preprocessor.item_batches(texts)
+    assert [(b.shape, b.n) for _, b in batches] == [((128, 8), 128), ((2, 8), 2)]
+    snapshots = [_snapshot(f"x{i}", 2) for i in range(130)]
+    arrays = onnx_scorer.preprocessor.encode(snapshots)
+    items = onnx_scorer.embed(arrays.texts)[arrays.text_index]
+    sessions = onnx_scorer.preprocessor.session_batches(arrays, items)
+    assert [(b.rows, b.n) for b in sessions] == [(128, 128), (2, 2)]
 
 
 def test_serving_tokenizer_matches_the_training_call(
@@ -177,14 +232,10 @@ def test_serving_tokenizer_matches_the_training_call(
 ) -> None:
     from stream_app.scoring.preprocess import load_tokenizer
 
-    texts = [
-        "Cart Electronics Smartphone SAMSUNG $200-500 | view apparel shoes",
-        "",
-        "search " + "wireless noise cancelling headphones " * 20,  # truncated at 64
-    ]
-    training = load_tokenizer(model_dir)(texts, truncation=True, max_length=64)["input_ids"]
+    texts = ["Google Men's 100% Cotton Tee", "", "wireless noise cancelling headphones " * 9]
+    training = load_tokenizer(model_dir)(texts, truncation=True, max_length=32)["input_ids"]
     assert onnx_scorer.preprocessor.tokenize(texts) == [list(ids) for ids in training]
-    assert len(training[2]) == 64
+    assert len(training[2]) == 32
 
 
 def test_concurrent_scoring_from_threads_is_safe(onnx_scorer: OnnxScorer) -> None:
@@ -192,6 +243,7 @@ def test_concurrent_scoring_from_threads_is_safe(onnx_scorer: OnnxScorer) -> Non
 
     snapshots = _snapshots()
     expected = onnx_scorer.score(snapshots)
+    onnx_scorer.item_cache.clear()
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(onnx_scorer.score, [snapshots] * 8))
     for got in results:
