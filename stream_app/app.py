@@ -26,6 +26,7 @@ from faust.web import Request, Response, View
 
 from stream_app import metrics
 from stream_app.acks import OrderedAcks
+from stream_app.api.latest import LatestScores
 from stream_app.config import Settings
 from stream_app.lifecycle import Lifecycle
 from stream_app.pipeline import InMessage, Pipeline, Scorer
@@ -33,6 +34,8 @@ from stream_app.probes import liveness, readiness
 from stream_app.scores import ScoreRecord
 from stream_app.security import faust_credentials
 from stream_app.store import SessionStore
+from stream_app.triggers.engine import TriggerRecord
+from stream_app.triggers.worker import TriggerParts
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ def create_app(
     scorer: Scorer,
     store: SessionStore,
     lifecycle: Lifecycle | None = None,
+    latest: LatestScores | None = None,
 ) -> faust.App:
     kafka = settings.kafka
     life = lifecycle or Lifecycle(settings.worker.shutdown_timeout_s)
@@ -111,6 +115,7 @@ def create_app(
         publish_dead_letters=publish_dead_letters,
         ack=ack,
         worker_id=f"{socket.gethostname()}:{os.getpid()}",
+        latest=latest,
     )
 
     @app.agent(events_topic)
@@ -259,3 +264,91 @@ def _health_body(pipeline: Pipeline) -> dict[str, Any]:
         "last_score_at_ms": health.last_score_at_ms,
         "scored_batches": health.scored_batches,
     }
+
+
+# --------------------------------------------------------------------------- triggers worker
+
+
+def create_triggers_app(settings: Settings, *, parts: TriggerParts) -> faust.App:
+    """``intent-stream triggers``: intent-scores -> rules -> intent-triggers.
+
+    Its own consumer group (``TRIGGERS_APP_ID``) and web port; scales with the partitions of
+    intent-scores like the worker. Offsets are acknowledged after the batch's triggers were
+    acknowledged by the broker (at-least-once in; exactly one trigger per episode out, see
+    ``stream_app.triggers.engine``).
+    """
+    kafka, config = settings.kafka, settings.triggers
+    web = {"web_port": config.web_port, "web_host": config.web_host}
+    worker = settings.worker.model_copy(
+        update={"app_id": config.app_id} | {k: v for k, v in web.items() if v is not None}
+    )
+    app = build_faust_app(settings.model_copy(update={"worker": worker}))
+    scores_topic = app.topic(kafka.scores_topic, key_type=bytes, value_type=bytes)
+    triggers_topic = app.topic(kafka.triggers_topic, key_type=bytes, value_type=bytes)
+
+    async def publish(records: Sequence[TriggerRecord]) -> None:
+        await _send_all(triggers_topic, [(r.session_id.encode(), r.to_json()) for r in records])
+
+    engine = parts.engine(publish)
+    acks: OrderedAcks[Any] = OrderedAcks()
+    health = {"assigned": 0, "batches": 0}
+
+    @app.agent(scores_topic)
+    async def evaluate_triggers(stream: faust.StreamT[bytes]) -> None:
+        batch = settings.batch
+        concrete = cast("faust.Stream[bytes]", stream)
+        async for events in concrete.noack_take(batch.max_size, within=batch.max_wait_ms / 1000):
+            typed = [cast("faust.EventT[bytes]", e) for e in events]
+            for event in typed:
+                acks.register(_tp(event), event.message.offset, (stream, event))
+            await parts.run_batch(engine, [e.value for e in typed])
+            health["batches"] += 1
+            for event in typed:
+                for s, e in acks.settle(_tp(event), event.message.offset, (stream, event)):
+                    await s.ack(e)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _on_assigned(sender: Any, assigned: Any = (), *args: Any, **kwargs: Any) -> None:
+        limit_fetch_wait(app, fetch_wait_ms(settings))
+        health["assigned"] = len([tp for tp in assigned if tp.topic == kafka.scores_topic])
+
+    _probe_pages(app, parts, health)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def _close(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        await parts.close()
+
+    app.trigger_engine = engine  # type: ignore[attr-defined]
+    return app
+
+
+def _probe_pages(app: faust.App, parts: TriggerParts, health: dict[str, int]) -> None:
+    @app.page("/metrics")
+    class TriggerMetricsView(View):
+        async def get(self, request: Request) -> Response:
+            payload, content_type = metrics.render()
+            return self.bytes(payload, content_type=content_type)
+
+    @app.page("/livez")
+    class LiveView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"live": True})
+
+    @app.page("/readyz")
+    class ReadyView(View):
+        async def get(self, request: Request) -> Response:
+            up = await parts.ping()
+            body = {"ready": up, "store_up": up, "assigned_partitions": health["assigned"]}
+            return self.json(body, status=200 if up else 503)
+
+    @app.page("/health")
+    class TriggerHealthView(View):
+        async def get(self, request: Request) -> Response:
+            up = await parts.ping()
+            body = {"ready": up, "assigned_partitions": health["assigned"],
+                    "batches": health["batches"]}  # fmt: skip
+            return self.json(body, status=200 if up else 503)
+
+
+def _tp(event: faust.EventT[bytes]) -> tuple[str, int]:
+    return event.message.topic, event.message.partition

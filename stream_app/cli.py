@@ -28,6 +28,26 @@ def _worker(args: argparse.Namespace) -> int:
     return run_worker()
 
 
+def _triggers(args: argparse.Namespace) -> int:
+    from stream_app.triggers.worker import run_triggers
+
+    return run_triggers()
+
+
+def _api(args: argparse.Namespace) -> int:
+    require_extra("api", "intent-stream api")
+    from stream_app.api.server import run_api
+
+    return run_api()
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    require_extra("plot", "intent-stream backtest (its plot)")
+    from stream_app.triggers.backtest import main_backtest
+
+    return main_backtest(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     require_extra("demo", "intent-stream demo")
     from stream_app.demo import run_demo
@@ -186,12 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="run a Faust worker (configured by env vars)")
     worker.set_defaults(handler=_worker)
+    triggers = sub.add_parser("triggers", help="run the campaign-triggers worker (env vars)")
+    triggers.set_defaults(handler=_triggers)
+    api = sub.add_parser("api", help="serve the read API and the live dashboard (env vars)")
+    api.set_defaults(handler=_api)
+    _add_backtest(sub)
     _add_demo(sub)
     replay = sub.add_parser("replay", help="replay a recorded event log as a load test")
     _add_replay_arguments(replay)
     replay.set_defaults(handler=_replay)
     _add_model_commands(sub)
     return parser
+
+
+def _add_backtest(sub: argparse._SubParsersAction) -> None:
+    backtest = sub.add_parser("backtest", help="run trigger rules over a labelled log, offline")
+    backtest.add_argument("--events", required=True, help="REES46-style CSV(.gz) or JSONL log")
+    backtest.add_argument("--rules", help="rules YAML (default: the shipped examples)")
+    backtest.add_argument("--report-json", required=True, help="where to write the report")
+    backtest.add_argument("--max-sessions", type=int, default=0, help="first N sessions (0 = all)")
+    backtest.set_defaults(handler=_backtest)
 
 
 def _add_replay_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ class KafkaSettings(BaseSettings):
     events_topic: str = "user-events"
     scores_topic: str = "intent-scores"
     dlq_topic: str = "user-events-dlq"
+    triggers_topic: str = "intent-triggers"
     partitions: int = Field(default=8, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -175,6 +176,33 @@ class PrivacySettings(BaseSettings):
         return bool(self.pseudonymize_key.get_secret_value())
 
 
+class TriggersSettings(BaseSettings):
+    """The campaign-triggers worker (``TRIGGERS_*``)."""
+
+    model_config = _env("TRIGGERS_")
+
+    rules_path: Path | None = Field(default=None, description="empty = the shipped examples")
+    app_id: str = Field(default="intent-stream-triggers", description="its consumer group")
+    # Unset: WORKER_WEB_PORT / WORKER_WEB_HOST (one process per pod needs no other port).
+    web_port: int | None = Field(default=None, ge=0, le=65535)
+    web_host: str | None = None
+    reasons: bool = Field(default=True, description="reason codes on every trigger")
+    state_ttl_s: int = Field(default=2 * 3600, ge=60, description="per (rule, session) state")
+
+
+class ApiSettings(BaseSettings):
+    """The read API and dashboard (``API_*``); the worker writes what the API reads."""
+
+    model_config = _env("API_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    token: SecretStr = SecretStr("")
+    score_ttl_s: int = Field(default=3600, ge=1, description="latest score kept in Redis")
+    write_latest: bool = Field(default=True, description="the worker writes latest scores")
+    dashboard_feed: bool = Field(default=True, description="the dashboard consumes the topics")
+
+
 class Settings(BaseSettings):
     """All settings; each concern reads its own prefix."""
 
@@ -188,6 +216,8 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    triggers: TriggersSettings = Field(default_factory=TriggersSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
 
 def load_settings() -> Settings:

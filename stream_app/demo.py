@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -101,11 +102,17 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     source = Path(args.events) if args.events else bundled_sample(args.sample)
     env = {"MODEL_DIR": str(model_dir), "WORKER_LOG_LEVEL": "WARNING"}
+    token = secrets.token_urlsafe(16)
     try:
-        with LocalStack(settings, worker_env=env) as stack:
+        with LocalStack(settings, worker_env=env, triggers=1) as stack:
+            api = stack.add_service("api", 0, {"API_TOKEN": token, "API_HOST": "127.0.0.1"})
             console.print(_where(stack))
             stack.wait_healthy(assigned=True)
+            console.print(
+                f"live dashboard: [bold]http://127.0.0.1:{api.web_port}/?token={token}[/]"
+            )
             result = _replay(stack, settings, source, speed, args, console)
+            fired = _triggers_fired(stack, settings)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: everything was shut down[/]")
         return 130
@@ -113,7 +120,8 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print(f"[red]demo failed:[/] {exc}")
         return 1
     report.print_table(result)
-    summary = demo_summary(report.report_dict(result))
+    _print_triggers(console, fired)
+    summary = demo_summary(report.report_dict(result)) | {"triggers": len(fired)}
     if args.summary_json:
         Path(args.summary_json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     if not result.done:
@@ -137,6 +145,26 @@ def _check_inputs(args: argparse.Namespace, settings: Settings) -> None:
         run_checks(settings.redis, WindowRules.from_settings(settings.window))
 
 
+def _triggers_fired(stack: LocalStack, settings: Settings) -> list[dict[str, Any]]:
+    """The triggers the replay fired (read back from the triggers topic)."""
+    from stream_app.topics import read_all, security_config
+
+    kafka = settings.kafka
+    messages = read_all(stack.bootstrap_servers, kafka.triggers_topic, timeout_s=15, idle_s=2.0,
+                        config=security_config(kafka))  # fmt: skip
+    return [orjson.loads(m.value() or b"{}") for m in messages]
+
+
+def _print_triggers(console: Console, fired: list[dict[str, Any]]) -> None:
+    table = Table(title=f"Campaign triggers fired: {len(fired)}", expand=False)
+    for name in ("rule", "session", "score", "reasons"):
+        table.add_column(name)
+    for t in fired[-12:]:
+        reasons = ", ".join(r.get("code", "") for r in t.get("reasons") or [])
+        table.add_row(t["rule"], str(t["session_id"])[:18], f"{t['score']:.3f}", reasons)
+    console.print(table)
+
+
 def _model_dir(settings: Settings, console: Console) -> Path:
     if settings.model.dir is not None:
         return Path(settings.model.dir)
@@ -151,7 +179,8 @@ def _where(stack: LocalStack) -> Text:
     redis = "embedded Redis" if stack.redis else "external Redis"
     return Text.assemble(
         ("intent-stream demo ", "bold"),
-        f"{broker} at {stack.bootstrap_servers}, {redis}, {len(stack.processes)} worker",
+        f"{broker} at {stack.bootstrap_servers}, {redis}, {len(stack.processes)} worker, "
+        f"{stack.triggers} triggers worker, read API",
     )
 
 

@@ -18,6 +18,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "torch": ("torch",),
     "gpu": ("tensorrt", "torch"),
     "plot": ("matplotlib",),
+    "api": ("fastapi", "uvicorn"),
 }
 # Where a module ships in more than one extra, name the smallest one that brings it.
 INSTALL_HINT = {"plot": "demo"}

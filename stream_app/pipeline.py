@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 
 from stream_app import metrics
+from stream_app.api.latest import LatestScores
 from stream_app.batching import (
     PendingEntry,
     PendingScores,
@@ -51,6 +52,7 @@ from stream_app.privacy import Pseudonymizer
 from stream_app.retry import Backoff
 from stream_app.scores import ScoreRecord, iso_utc
 from stream_app.store import SessionStore
+from stream_app.triggers.facts import window_facts
 from stream_app.windows import WindowSnapshot
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,7 @@ class Pipeline:
         ack: Ack,
         clock: Clock = wall_clock_ms,
         worker_id: str = "",
+        latest: LatestScores | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -137,6 +140,7 @@ class Pipeline:
         self._ack = ack
         self._clock = clock
         self.worker_id = worker_id
+        self._latest = latest  # the read API's latest scores (None: not written)
         self.limits = EventLimits.from_settings(settings.window, settings.kafka.max_message_bytes)
         privacy = settings.privacy
         self._pseudonymizer = (
@@ -519,6 +523,7 @@ class Pipeline:
         ]
         await self._publish_scores(records)
         acked_ms = self._clock()
+        await self._write_latest(records)
         for _, entry in taken:
             metrics.E2E_LATENCY_SECONDS.observe(max(0, acked_ms - entry.oldest_ingest_ms) / 1000)
         metrics.SCORES_OUT.inc(len(records))
@@ -550,7 +555,17 @@ class Pipeline:
             oldest_ingest_ms=entry.oldest_ingest_ms,
             worker=self.worker_id,
             purchased=has_purchased(snapshot),
+            facts=window_facts(snapshot).to_dict(),
         )
+
+    async def _write_latest(self, records: list[ScoreRecord]) -> None:
+        """One pipelined write for the read API; a failure only delays what it serves."""
+        if self._latest is None:
+            return
+        try:
+            await self._latest.write(records)
+        except StoreUnavailable as exc:
+            log.warning("latest scores not written (the read API lags): %s", exc)
 
     async def _dead_letter_sessions(
         self, failed: list[tuple[tuple[str, PendingEntry[InMessage]], str]]

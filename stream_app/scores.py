@@ -7,7 +7,7 @@ Kafka record timestamps set when the events were produced.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +34,8 @@ class ScoreRecord:
     # The newest event is older than SCORE_STALE_AFTER_S: a backlog score, not a live one.
     # Consumers treat a missing field as false.
     stale: bool = False
+    # Window facts the trigger rules test (``stream_app.triggers.facts.WindowFacts``).
+    facts: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))

@@ -44,11 +44,12 @@ class WorkerProcess:
     log_path: Path
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    command: str = "worker"  # the intent-stream sub-command: worker | triggers | api
 
     def start(self) -> None:
         log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_app.cli", "worker"],
+            [sys.executable, "-m", "stream_app.cli", self.command],
             env=self.env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -105,6 +106,8 @@ class LocalStack:
     broker: EmbeddedBroker | None = None
     redis: EmbeddedRedis | None = None
     processes: list[WorkerProcess] = field(default_factory=list)
+    triggers: int = 0  # triggers worker processes (intent-stream triggers)
+    extra: list[WorkerProcess] = field(default_factory=list)  # triggers workers, the api
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -131,7 +134,8 @@ class LocalStack:
         self._start_servers()
         kafka = self.settings.kafka
         topics = dict.fromkeys(
-            (kafka.events_topic, kafka.scores_topic, kafka.dlq_topic), kafka.partitions
+            (kafka.events_topic, kafka.scores_topic, kafka.dlq_topic, kafka.triggers_topic),
+            kafka.partitions,
         )
         ensure_topics(
             self.bootstrap_servers,
@@ -141,6 +145,8 @@ class LocalStack:
         )
         for index in range(self.workers):
             self.add_worker(index)
+        for index in range(self.triggers):
+            self.add_service("triggers", index)
 
     def _start_servers(self) -> None:
         assert self.work_dir is not None
@@ -152,7 +158,7 @@ class LocalStack:
             log.info("embedded redis on %s", self.redis.redacted_url)
 
     def stop(self) -> None:
-        for process in self.processes:
+        for process in [*self.extra, *self.processes]:
             process.stop()
         for server in (self.redis, self.broker):
             if server is not None:
@@ -189,6 +195,29 @@ class LocalStack:
         self.processes.append(process)
         return process
 
+    def add_service(
+        self, command: str, index: int, env: Mapping[str, str] | None = None
+    ) -> WorkerProcess:
+        """Start an ``intent-stream triggers`` or ``api`` process beside the workers; its
+        ``/health`` (and ``/metrics``) answer on ``web_port``."""
+        assert self.work_dir is not None
+        port = free_port()
+        port_var = {"triggers": "TRIGGERS_WEB_PORT", "api": "API_PORT"}[command]
+        full_env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "REDIS_URL": self.redis_url,
+            "WORKER_DATA_DIR": str(self.work_dir / f"{command}-{index}"),
+            **self.worker_env,
+            **(env or {}),
+            port_var: str(port),
+        }
+        name = f"{command}-{index}"
+        process = WorkerProcess(index, port, self.work_dir / f"{name}.log", full_env, None, command)
+        process.start()
+        self.extra.append(process)
+        return process
+
     def restart_worker(self, index: int) -> WorkerProcess:
         old = self.processes[index]
         old.stop()
@@ -200,8 +229,8 @@ class LocalStack:
         also until each owns partitions of the events topic (its consumer group has joined),
         so that what is produced next is measured from the first event."""
         deadline = time.monotonic() + timeout_s
-        for process in self.processes:
-            while not _is_ready(process, assigned):
+        for process in [*self.processes, *self.extra]:
+            while not _is_ready(process, assigned and process.command != "api"):
                 if not process.running:
                     raise WorkerFailed(f"worker {process.index} exited:\n{process.log_tail()}")
                 if time.monotonic() > deadline:

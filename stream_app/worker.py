@@ -7,14 +7,16 @@ from typing import Any
 
 import faust
 
+from stream_app.api.latest import InMemoryLatestScores, LatestScores, RedisLatestScores
 from stream_app.app import create_app
 from stream_app.config import Settings, load_settings
 from stream_app.errors import ConfigError, ModelLoadError
 from stream_app.lifecycle import Lifecycle
 from stream_app.logs import configure_logging, worker_logging_config
 from stream_app.preflight import check_broker, check_tls_files, run_checks
+from stream_app.redis_connect import redis_client
 from stream_app.scoring import load_scorer, require_backend_packages
-from stream_app.store import RedisSessionStore, create_store
+from stream_app.store import MEMORY_SCHEME, RedisSessionStore, create_store
 from stream_app.windows import WindowRules
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,20 @@ def build_worker_app(settings: Settings, lifecycle: Lifecycle | None = None) -> 
     if isinstance(store, RedisSessionStore):
         run_checks(settings.redis, rules)
     scorer = load_scorer(settings.model)
-    return create_app(settings, scorer=scorer, store=store, lifecycle=lifecycle)
+    return create_app(
+        settings, scorer=scorer, store=store, lifecycle=lifecycle, latest=latest_scores(settings)
+    )
+
+
+def latest_scores(settings: Settings) -> LatestScores | None:
+    """Where the worker writes latest scores for the read API (None: API_WRITE_LATEST=false)."""
+    if not settings.api.write_latest:
+        return None
+    if settings.redis.url.strip().startswith(MEMORY_SCHEME):
+        return InMemoryLatestScores()
+    return RedisLatestScores(
+        redis_client(settings.redis), settings.redis.key_prefix, settings.api.score_ttl_s
+    )
 
 
 def run_worker() -> int:

@@ -329,6 +329,9 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     pace.add_argument("--speed", type=_speed, default=1.0, help="gap divisor, or 'max' (default 1)")
     pace.add_argument("--rate", type=float, help="fixed events per second instead of --speed")
     parser.add_argument("--duration", type=float, help="stop sending after S seconds")
+    parser.add_argument("--triggers", action="store_true",
+                        help="also report per-rule trigger precision/recall/lead (back-test "
+                        "numbers) from the triggers topic")  # fmt: skip
     parser.add_argument("--limit", type=int, help="send at most N messages")
     parser.add_argument("--loop", action="store_true", help="repeat the log (new session ids)")
     times = parser.add_mutually_exclusive_group()
@@ -454,6 +457,14 @@ def main_replay(args: argparse.Namespace) -> int:
         data = report.report_dict(result)
         args.report_json.parent.mkdir(parents=True, exist_ok=True)
         args.report_json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    if getattr(args, "triggers", False):
+        from stream_app.triggers.live import replay_trigger_report
+
+        triggers = replay_trigger_report(args.log, config.kafka, config.timing.run_tag)
+        print(orjson.dumps(triggers, option=orjson.OPT_INDENT_2).decode())
+        if args.report_json:
+            data = orjson.loads(args.report_json.read_bytes()) | {"triggers": triggers}
+            args.report_json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     if args.plot:
         report.write_plot(result, args.plot)
     if args.slo_p99_ms is not None and not report.slo_met(result, args.slo_p99_ms):

@@ -53,6 +53,15 @@ def _scores_so_far(process: WorkerProcess) -> float:
     return metric_value(body.decode(), "intent_scores_total") if status == 200 else 0.0
 
 
+def _fired_so_far(process: WorkerProcess) -> float:
+    """Triggers the triggers worker has fired (its /metrics), polled cheaply."""
+    status, body = http_get(process, "/metrics")
+    lines = body.decode().splitlines() if status == 200 else []
+    fired = [line for line in lines if line.startswith("intent_trigger_decisions_total{")
+             and 'decision="fired"' in line]  # fmt: skip
+    return sum(float(line.rsplit(" ", 1)[1]) for line in fired)
+
+
 def _worker_id(process: WorkerProcess) -> str:
     assert process.proc is not None
     return f":{process.proc.pid}"
@@ -301,3 +310,53 @@ def test_inference_failing_at_run_time_dead_letters_the_sessions_and_keeps_runni
         assert worker.running
         assert health_status(worker)[0] == 200
         assert latest_scores(kafka_bootstrap, settings.kafka.scores_topic).keys() == set(expected)
+
+
+# --------------------------------------------------------------------------- 5. triggers
+
+
+def test_sigkill_triggers_worker_mid_stream_no_duplicate_none_missing(
+    kafka_bootstrap: str, redis_url: str, unique_name: str, model_dir: Path, rees46_path: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    from tests.integration.trigger_tools import (
+        duplicates,
+        expected_triggers,
+        published_triggers,
+        rules_of,
+        triggers_env,
+        write_rules,
+    )
+
+    settings = stack_settings(kafka_bootstrap, redis_url, unique_name, PARTITIONS)
+    kafka = settings.kafka.model_copy(update={"triggers_topic": f"{unique_name}-trg"})
+    settings = settings.model_copy(update={"kafka": kafka})
+    rules_path = write_rules(tmp_path)
+    messages = load_messages(rees46_path, limit=900)
+    windows = expected_windows(messages, WindowRules())
+    expected_counts = {s: w.aggregates.n_events for s, w in windows.items()}
+    # No reason codes: the kill should land among trigger writes, not in a model call.
+    env = worker_env(settings, model_dir) | triggers_env(
+        settings, rules_path, unique_name, TRIGGERS_REASONS="false"
+    )
+    with LocalStack(settings, worker_env=env, work_dir=tmp_path, triggers=1) as stack:
+        stack.wait_healthy(assigned=True)
+        triggers = stack.extra[0]
+        # Slow enough (~20 s) that triggers fire while events are still coming.
+        feeding = TrackedProducer(kafka_bootstrap, kafka.events_topic).send_paced(messages, 45)
+        wait_until(lambda: _fired_so_far(triggers) >= 2, 90, "the first triggers")
+        triggers.kill()  # SIGKILL: no shutdown hook, no final commit
+        assert feeding.is_alive(), "the replay finished before the kill: not mid-stream"
+        time.sleep(1.0)
+        triggers.start()
+        feeding.join()
+        wait_for_scores(kafka_bootstrap, kafka.scores_topic, expected_counts, 180)
+        expected = expected_triggers(settings, rules_of(rules_path))
+        wait_until(lambda: len(published_triggers(settings)) >= len(expected), 120, "triggers")
+        time.sleep(2.0)  # anything still in flight would be a duplicate
+        published = published_triggers(settings)
+    assert not duplicates(published), f"duplicate trigger ids: {duplicates(published)[:3]}"
+    got = {r.trigger_id: (r.rule, r.session_id) for r in published}
+    missing = set(expected) - set(got)
+    assert not missing, f"{len(missing)} triggers missing after the restart"
+    assert got == expected

@@ -278,7 +278,11 @@ def test_secrets_come_from_secret_refs_and_the_env_validates(
 ) -> None:
     worker = pod_spec(deployment(overlay, "worker"))["containers"][0]
     from_secrets = {e["name"] for e in worker["env"] if "secretKeyRef" in e.get("valueFrom", {})}
-    assert from_secrets == secret_env_vars()
+    assert from_secrets == secret_env_vars() - {"API_TOKEN"}  # only the api serves with it
+    api = pod_spec(deployment(overlay, "api"))["containers"][0]
+    assert "API_TOKEN" in {
+        e["name"] for e in api["env"] if "secretKeyRef" in e.get("valueFrom", {})
+    }
     assert not any("value" in e for e in worker["env"] if e["name"] in secret_env_vars())
     for name in settings_env_vars():
         monkeypatch.delenv(name, raising=False)

@@ -1,0 +1,1 @@
+"""The personalization read API and the live dashboard (``intent-stream api``)."""

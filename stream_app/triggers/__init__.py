@@ -1,0 +1,1 @@
+"""Campaign triggers: rules, their pure evaluation, trigger state in Redis, reason codes."""
