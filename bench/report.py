@@ -66,6 +66,25 @@ def targets(report: dict[str, Any]) -> list[Target]:
             float(details["worker_half_load"]["all_scored"]),
             1.0,
         ),
+        _target(
+            "p99 ms at half live capacity",
+            report["p99_ms_half_live_capacity"],
+            150.0,
+            higher_is_better=False,
+        ),
+        _target(
+            "p99 ms at 80 % of live capacity",
+            report["p99_ms_80pct_live_capacity"],
+            500.0,
+            higher_is_better=False,
+        ),
+        _target(
+            "two workers vs one, MODEL_THREADS=1 each, committed events/s (x)",
+            _ratio(
+                report["scale_two_workers_events_per_s"], report["scale_one_worker_events_per_s"]
+            ),
+            1.6,
+        ),
     ]
 
 
@@ -75,6 +94,26 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
     return str(value)
+
+
+def sweep_table(sweep: list[dict[str, Any]]) -> list[str]:
+    """Latency against offered live load, both batch policies side by side."""
+    if not sweep:
+        return []
+    lines = [
+        "| policy | load (x live capacity) | events/s | p50 ms | p99 ms | batches | mean size "
+        "| releases size/deadline/idle | all scored |",
+        "|---|---:|---:|---:|---:|---:|---:|---|:-:|",
+    ]
+    for p in sorted(sweep, key=lambda p: (p["fraction"], p["budget_ms"])):
+        b = p["batches"]
+        reasons = "/".join(str(v) for v in b["release_reasons"].values())
+        lines.append(
+            f"| {p['policy']} | {p['fraction']:.2f} | {p['rate']:.1f} | {_fmt(p['p50_ms'])} "
+            f"| {_fmt(p['p99_ms'])} | {b['count']} | {b['mean_size']} | {reasons} "
+            f"| {'yes' if p['all_scored'] else 'no'} |"
+        )
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -109,6 +148,13 @@ def markdown(report: dict[str, Any]) -> str:
         ("(5) Faust consume-only events/s", report["faust_consume_events_per_s"]),
         ("two workers, ingest events/s", report["two_worker_ingest_events_per_s"]),
         ("two workers, sustained events/s", details["two_workers"]["events_per_s"]),
+        ("p99 ms at half live capacity (deadline policy)", report["p99_ms_half_live_capacity"]),
+        ("p50 ms at half live capacity (deadline policy)", report["p50_ms_half_live_capacity"]),
+        ("p99 ms at 80 % of live capacity (deadline policy)", report["p99_ms_80pct_live_capacity"]),
+        ("batch release reasons in those two stages", report["batch_release_reasons"]),
+        ("(1) batch release reasons on the backlog", worker.get("release_reasons")),
+        ("one worker, MODEL_THREADS=1, events/s", report["scale_one_worker_events_per_s"]),
+        ("two workers, MODEL_THREADS=1 each, events/s", report["scale_two_workers_events_per_s"]),
     ]
     if "worker_before" in details:
         before = details["worker_before"]
@@ -129,6 +175,7 @@ def markdown(report: dict[str, Any]) -> str:
     for t in report["targets"]:
         mark = "yes" if t["met"] else "**no**"
         lines.append(f"| {t['target']} | {_fmt(t['value'])} | {_fmt(t['goal'])} | {mark} |")
+    lines += ["", *sweep_table(details.get("sweep", []))]
     model = details["model_only"]
     flops = details["flops_per_sequence"]
     lines += [

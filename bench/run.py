@@ -9,7 +9,12 @@ events topic; then, each with its own consumer group over that same backlog:
 4. a raw confluent-kafka consume -> produce loop       -> events/s (Kafka ceiling in Python)
 5. a consume-only Faust agent with the worker's settings -> events/s (framework ceiling)
 + two worker processes (ingest scaling), end-to-end latency at half load (worker and naive),
-  and the machine's matmul GFLOP/s against the model's FLOPs per scored session.
+  and the machine's matmul GFLOP/s against the model's FLOPs per scored session;
++ fair scaling: one worker vs two workers, ``MODEL_THREADS=1`` each, on the same backlog;
++ end-to-end latency against offered live load (fractions of the live capacity), for the
+  size-only batch policy (``SCORE_LATENCY_BUDGET_MS=0``) and the deadline policy, plotted.
+
+``--quick`` runs every stage on a small backlog with short caps (a smoke run, minutes).
 """
 
 from __future__ import annotations
@@ -28,15 +33,20 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-if __package__ in (None, ""):  # run as `python bench/run.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python bench/run.py`: import from the repository root
+    # instead of bench/, where a module could shadow a library's (tests/unit/test_bench_imports.py)
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
 from bench import model as model_bench
 from bench.data import default_log, looped_messages, preload
-from bench.probes import GroupProgress
+from bench.plot import latency_vs_load
+from bench.probes import GroupProgress, scrape
 from bench.report import markdown, targets
 from bench.stages import Drain, Proc, drain, worker_proc
-from stream_app.config import BatchSettings, KafkaSettings, ModelSettings, Settings
+from stream_app.config import BatchSettings, KafkaSettings, ModelSettings, ScoreSettings, Settings
+from stream_app.deadline import RELEASE_REASONS
 from stream_app.replay.report import report_dict
 from stream_app.replay.runner import ReplayConfig, run_replay
 from stream_app.replay.timing import RawMessage, TimingConfig
@@ -48,6 +58,10 @@ from stream_app.windows import WindowRules, WindowSnapshot, expected_window
 log = logging.getLogger("bench")
 PARTITIONS = 8
 INGEST_WINDOW_S = 4.0
+RELEASES = "intent_score_batch_releases_total"
+# Offered live load, as fractions of the live capacity (the worker's scored sessions/s).
+SWEEP_FRACTIONS = (0.25, 0.5, 0.8, 1.0)
+HALF, EIGHTY = 0.5, 0.8
 
 
 class Bench:
@@ -175,9 +189,15 @@ class Bench:
         ]
 
     def latency(
-        self, stage: str, rate: float, naive: bool, extra: dict[str, str] | None = None
+        self,
+        stage: str,
+        rate: float,
+        naive: bool,
+        extra: dict[str, str] | None = None,
+        seconds: float | None = None,
     ) -> dict[str, Any]:
-        """Replay at ``rate`` events/s through a fresh topic into a fresh worker; the report."""
+        """Replay at ``rate`` events/s through a fresh topic into a fresh worker; the report
+        (for our worker with ``batches``: its inference batches during the replay)."""
         events_topic = f"b{self.run_id}{stage}-events"
         self.topics(events_topic)
         settings = {} if naive else {**self.args.worker_env, **(extra or {})}
@@ -190,7 +210,11 @@ class Bench:
             proc.wait_healthy()
         try:
             self.warm_up(env)
-            return report_dict(run_replay(self._replay_config(env, rate)))
+            before = {} if naive else scrape(proc.web_port)
+            report = report_dict(run_replay(self._replay_config(env, rate, seconds)))
+            if not naive:
+                report["batches"] = batch_figures(before, scrape(proc.web_port))
+            return report
         finally:
             proc.stop()
 
@@ -215,7 +239,9 @@ class Bench:
         if len(scores) < PARTITIONS:
             raise RuntimeError(f"warm-up: {len(scores)} of {PARTITIONS} scores arrived")
 
-    def _replay_config(self, env: dict[str, str], rate: float) -> ReplayConfig:
+    def _replay_config(
+        self, env: dict[str, str], rate: float, seconds: float | None = None
+    ) -> ReplayConfig:
         kafka = KafkaSettings(
             bootstrap_servers=self.bootstrap,
             events_topic=env["KAFKA_EVENTS_TOPIC"],
@@ -223,7 +249,11 @@ class Bench:
             dlq_topic=env["KAFKA_DLQ_TOPIC"],
         )
         timing = TimingConfig(
-            speed=None, rate=rate, duration_s=self.args.latency_s, times="send", run_tag="#lat"
+            speed=None,
+            rate=rate,
+            duration_s=seconds or self.args.latency_s,
+            times="send",
+            run_tag="#lat",
         )
         return ReplayConfig(
             source=lambda: self.messages,
@@ -276,6 +306,32 @@ def worker_figures(result: Drain) -> dict[str, Any]:
             max((v for _, v in result.series("intent_pending_messages")), default=0)
         ),
         "committed_total": result.committed[-1][1] if result.committed else 0,
+        "release_reasons": release_reasons(last),
+    }
+
+
+def release_reasons(values: dict[str, float]) -> dict[str, int]:
+    return {r: int(values.get(f"{RELEASES}{{reason={r}}}", 0)) for r in RELEASE_REASONS}
+
+
+def batch_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """A worker's inference batches between two /metrics scrapes."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    batches = delta("intent_score_batch_size_count")
+    reasons_before, reasons_after = release_reasons(before), release_reasons(after)
+    return {
+        "count": int(batches),
+        "release_reasons": {r: reasons_after[r] - reasons_before[r] for r in RELEASE_REASONS},
+        "mean_size": round(delta("intent_score_batch_size_sum") / batches, 2) if batches else 0,
+        "mean_padded_len": (
+            round(delta("intent_score_batch_padded_len_sum") / batches, 2) if batches else 0
+        ),
+        "mean_inference_ms": (
+            round(1000 * delta("intent_inference_seconds_sum") / batches, 1) if batches else 0
+        ),
     }
 
 
@@ -325,11 +381,75 @@ def run_all(bench: Bench) -> dict[str, Any]:
     two, _ = bench.workers("w2", 2)
     results["two_workers"] = worker_figures(two)
     log.info("two workers: %s", results["two_workers"])
+    scaling_part(bench)
     results["naive_events_per_s"] = round(bench.naive(), 1)
     log.info("naive: %s ev/s", results["naive_events_per_s"])
     model_part(bench, str(scores_topic))
+    sweep_part(bench)
     latency_part(bench)
     return results
+
+
+def scaling_part(bench: Bench) -> None:
+    """One worker vs two, each with one model thread, on the same backlog (fair on 2 cores:
+    each process gets one core for its model instead of two processes fighting over two)."""
+    single = {"MODEL_THREADS": "1"}
+    one, _ = bench.workers("f1", 1, extra=single)
+    two, _ = bench.workers("f2", 2, extra=single)
+    bench.results["scaling"] = {
+        "env": single,
+        "one_worker": worker_figures(one),
+        "two_workers": worker_figures(two),
+    }
+    log.info("scaling (MODEL_THREADS=1): %s", bench.results["scaling"])
+
+
+def sweep_part(bench: Bench) -> None:
+    """p50/p99 against offered live load, the size-only policy vs the deadline policy, each
+    point a fresh worker on a fresh topic (same run, same machine)."""
+    args, results = bench.args, bench.results
+    live = max(1.0, results["worker"]["scored_per_s"])
+    budget = bench.args.worker_env.get(
+        "SCORE_LATENCY_BUDGET_MS", str(ScoreSettings().latency_budget_ms)
+    )
+    budgets = dict.fromkeys([budget, *(str(b) for b in args.sweep_budget)])
+    policies = {"size-only": "0", **{f"deadline {b} ms": b for b in budgets if b != "0"}}
+    sweep: list[dict[str, Any]] = []
+    for fraction in args.sweep:
+        for index, (policy, policy_budget) in enumerate(policies.items()):
+            rate = max(1.0, live * fraction)
+            stage = f"p{index}{round(fraction * 100)}"
+            extra = {"SCORE_LATENCY_BUDGET_MS": policy_budget}
+            report = bench.latency(stage, rate, naive=False, extra=extra, seconds=args.sweep_s)
+            point = {
+                "policy": policy,
+                "budget_ms": int(policy_budget),
+                "fraction": fraction,
+                "rate": round(rate, 1),
+                "p50_ms": report["latency_ms_p50"],
+                "p90_ms": report["latency_ms_p90"],
+                "p99_ms": report["latency_ms_p99"],
+                "all_scored": report["all_scored"],
+                "batches": report["batches"],
+                "report": report,
+            }
+            sweep.append(point)
+            log.info("sweep %s at %.2f live capacity: p99 %s", policy, fraction, point["p99_ms"])
+    results["sweep"] = sweep
+    plot = latency_vs_load(
+        [p for p in sweep if p["p99_ms"] is not None],
+        args.report_json.with_name(args.report_json.stem + "-latency-vs-load.png"),
+        f"live capacity {live:.0f} sessions/s; {os.cpu_count()} CPUs; {args.sweep_s:.0f} s/point",
+    )
+    results["sweep_plot"] = plot.name
+    deadline = {p["fraction"]: p for p in sweep if p["budget_ms"] == int(budget)}
+    results["worker_half_live_capacity"] = deadline[HALF]["report"]
+    results["worker_80pct_live_capacity"] = deadline[EIGHTY]["report"]
+    reasons = dict.fromkeys(RELEASE_REASONS, 0)
+    for fraction in (HALF, EIGHTY):
+        for reason, count in deadline[fraction]["batches"]["release_reasons"].items():
+            reasons[reason] += count
+    results["batch_release_reasons"] = reasons
 
 
 def model_part(bench: Bench, scores_topic: str) -> None:
@@ -362,12 +482,8 @@ def latency_part(bench: Bench) -> None:
     results["worker_half_load"] = bench.latency("lw", worker_rate, naive=False)
     log.info("worker half load p99: %s", results["worker_half_load"]["latency_ms_p99"])
     # Live traffic at its recorded pace coalesces little (a session's events are minutes
-    # apart), so live capacity is about the scored sessions/s, not the backlog's events/s.
-    live_rate = max(1.0, results["worker"]["scored_per_s"] / 2)
-    results["worker_half_live_capacity"] = bench.latency("lc", live_rate, naive=False)
-    log.info(
-        "p99 at half live capacity: %s", results["worker_half_live_capacity"]["latency_ms_p99"]
-    )
+    # apart), so live capacity is about the scored sessions/s, not the backlog's events/s:
+    # half and 80 % of it are points of the sweep (sweep_part).
     for name in bench.args.latency_variant:
         variant = results["variants"][name]
         rate = max(1.0, variant["events_per_s"] / 2)
@@ -386,7 +502,8 @@ def latency_part(bench: Bench) -> None:
 
 def flat_keys(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The headline keys the issue asks for, next to the detailed results."""
-    worker, two = results["worker"], results["two_workers"]
+    worker, two, scaling = results["worker"], results["two_workers"], results["scaling"]
+    half, eighty = results["worker_half_live_capacity"], results["worker_80pct_live_capacity"]
     return {
         "worker_events_per_s": worker["events_per_s"],
         "naive_events_per_s": results["naive_events_per_s"],
@@ -398,6 +515,12 @@ def flat_keys(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         "two_worker_ingest_events_per_s": two["ingest_events_per_s"],
         "p99_ms_half_load": results["worker_half_load"]["latency_ms_p99"],
         "naive_p99_ms": results["naive_half_load"]["latency_ms_p99"],
+        "p99_ms_half_live_capacity": half["latency_ms_p99"],
+        "p50_ms_half_live_capacity": half["latency_ms_p50"],
+        "p99_ms_80pct_live_capacity": eighty["latency_ms_p99"],
+        "batch_release_reasons": results["batch_release_reasons"],
+        "scale_one_worker_events_per_s": scaling["one_worker"]["events_per_s"],
+        "scale_two_workers_events_per_s": scaling["two_workers"]["events_per_s"],
         "settings": settings_used(args),
     }
 
@@ -413,6 +536,9 @@ def settings_used(args: argparse.Namespace) -> dict[str, Any]:
         "batch_max_wait_ms": batch.max_wait_ms,
         "max_score_batch": batch.max_score_batch,
         "max_pending_sessions": batch.max_pending_sessions,
+        "score_latency_budget_ms": ScoreSettings().latency_budget_ms,
+        "sweep_fractions": list(args.sweep),
+        "quick": args.quick,
         "model_backend": ModelSettings().backend,
         "worker_env": dict(args.worker_env),
         "variants": args.variants,
@@ -460,11 +586,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="a --variant NAME whose latency at half its own load is measured too",
     )
+    parser.add_argument(
+        "--sweep",
+        type=float,
+        action="append",
+        help=f"a fraction of live capacity for the latency sweep (repeatable; default "
+        f"{', '.join(map(str, SWEEP_FRACTIONS))}; {HALF} and {EIGHTY} are always run)",
+    )
+    parser.add_argument("--sweep-s", type=float, default=20.0, help="replay length per point")
+    parser.add_argument(
+        "--sweep-budget",
+        type=int,
+        action="append",
+        default=[],
+        help="one more SCORE_LATENCY_BUDGET_MS line in the sweep (repeatable): for choosing it",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 20,000 events, short caps and replays, two sweep points (minutes)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the stage logs")
     parser.add_argument(
         "--baseline-src", type=Path, help="a source tree to run as 'worker before' too"
     )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.cap_s, args.worker_cap_s, args.naive_cap_s = 20_000, 15.0, 30.0, 15.0
+        args.latency_s, args.sweep_s, args.model_windows = 8.0, 8.0, 128
+    args.sweep = sorted({*(args.sweep or ([] if args.quick else SWEEP_FRACTIONS)), HALF, EIGHTY})
     args.worker_env = dict(item.split("=", 1) for item in args.worker_env)
     args.variants = {
         name: dict(item.split("=", 1) for item in spec.split(","))

@@ -15,10 +15,15 @@ from bench.probes import GroupProgress, Sample, Sampler, slope
 from stream_app.embedded import free_port
 from stream_app.stack import WorkerProcess
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @dataclass
 class Proc:
-    """A stage process in its own process group (stopped with SIGTERM, then SIGKILL)."""
+    """A stage process in its own process group (stopped with SIGTERM, then SIGKILL).
+
+    It runs in the repository root unless ``cwd`` names another tree, so ``-m bench.x`` and
+    ``-m stream_app.cli`` import this checkout whatever directory the benchmark started in."""
 
     args: list[str]
     env: dict[str, str]
@@ -32,7 +37,7 @@ class Proc:
             self.popen = subprocess.Popen(
                 [sys.executable, *self.args],
                 env=self.env,
-                cwd=self.cwd,
+                cwd=self.cwd or REPO,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

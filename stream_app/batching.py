@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Generic, TypeVar
 
 from stream_app.events import Event
@@ -69,6 +70,7 @@ class PendingEntry(Generic[Token]):
     oldest_ingest_ms: int = 0
     newest_ingest_ms: int = 0
     coalesced: int = 0  # how many extra updates were folded into this entry
+    queued_ms: int = 0  # the worker's clock when the session joined the queue (0 = unknown)
 
     def absorb(self, newer: PendingEntry[Token]) -> None:
         self.snapshot = newer.snapshot
@@ -119,6 +121,10 @@ class PendingScores(Generic[Token]):
         current.absorb(entry)
         self.coalesced_total += 1 + entry.coalesced
         return True
+
+    def peek(self, limit: int) -> list[PendingEntry[Token]]:
+        """The first ``limit`` entries, oldest first, left in the queue."""
+        return list(islice(self._entries.values(), limit))
 
     def take(self, limit: int) -> list[tuple[str, PendingEntry[Token]]]:
         """Remove and return up to ``limit`` sessions, oldest first."""

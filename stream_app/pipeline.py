@@ -35,6 +35,7 @@ from stream_app.batching import (
     time_bounded_limit,
 )
 from stream_app.config import Settings
+from stream_app.deadline import BatchPolicy, BatchShape, Waiting
 from stream_app.dlq import dead_letter_record
 from stream_app.errors import InvalidEvent, StoreUnavailable
 from stream_app.events import Event, EventLimits, parse_event
@@ -140,6 +141,7 @@ class Pipeline:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.health = Health()
         self.scoring_rate_per_s: float | None = None  # sessions/s, smoothed over batches
+        self.batch_policy = BatchPolicy(settings.score.latency_budget_ms, batch.max_score_batch)
 
     # ---------------------------------------------------------------- ingest stage
     async def ingest(self, messages: Sequence[InMessage]) -> None:
@@ -236,9 +238,14 @@ class Pipeline:
         tokens = sum(len(entry.tokens) for _, entry in entries)
         async with self._changed:
             await self._changed.wait_for(lambda: self.pending.has_room(len(entries), tokens))
+            now_ms, new = self._clock(), 0
             for session_id, entry in entries:
+                entry.queued_ms = now_ms
                 if self.pending.offer(session_id, entry):
                     metrics.COALESCED.inc()
+                else:
+                    new += 1
+            self.batch_policy.arrived(now_ms, new)
             self._update_pending_gauges()
             self._changed.notify_all()
 
@@ -248,25 +255,50 @@ class Pipeline:
 
     # ---------------------------------------------------------------- scoring stage
     async def run_scoring(self) -> None:
-        """Score pending sessions forever: whatever is pending, up to one model batch."""
+        """Score pending sessions forever, in batches sized by the deadline policy."""
         while True:
             async with self._changed:
                 await self._changed.wait_for(lambda: len(self.pending) > 0)
-            await self.score_pending()
+                size = self._batch_size()
+            await self.score_pending(size)
 
-    async def score_pending(self) -> int:
-        """Score up to ``max_score_batch`` pending sessions; returns how many were scored."""
+    def _batch_size(self) -> int:
+        """How many pending sessions the next model call takes (``stream_app.deadline``)."""
+        head = self.pending.peek(self.settings.batch.max_score_batch)
+        waiting = [Waiting(_arrived_ms(entry), len(entry.snapshot.events)) for entry in head]
+        decision = self.batch_policy.decide(self._clock(), waiting, len(self.pending))
+        if decision.size:
+            metrics.SCORE_RELEASES.labels(decision.reason).inc()
+        return decision.size
+
+    async def score_pending(self, limit: int | None = None) -> int:
+        """Score up to ``limit`` (default ``max_score_batch``) pending sessions; returns how
+        many were scored. The batch's time, publishing included, teaches the policy."""
         async with self._changed:
-            taken = self.pending.take(self.settings.batch.max_score_batch)
+            taken = self.pending.take(limit or self.settings.batch.max_score_batch)
             self._update_pending_gauges()
             self._changed.notify_all()
         if not taken:
             return 0
-        probabilities = await self._infer_with_retry([entry.snapshot for _, entry in taken])
-        if probabilities is None:
-            await self._dead_letter_sessions(taken)
-        else:
-            await self._publish(taken, probabilities)
+        # Sessions that already bought are not the model's question (it is trained on the
+        # prefixes before the first purchase): they get score 1.0 and no model call.
+        bought = [item for item in taken if has_purchased(item[1].snapshot)]
+        to_score = [item for item in taken if not has_purchased(item[1].snapshot)]
+        started = time.perf_counter()
+        shape = None
+        probabilities: np.ndarray | None = np.empty(0)
+        if to_score:
+            shape = BatchShape(len(to_score), max(len(e.snapshot.events) for _, e in to_score))
+            metrics.SCORE_BATCH_PADDED_LEN.observe(shape.padded_len)
+            probabilities = await self._infer_with_retry([e.snapshot for _, e in to_score])
+            if probabilities is None:
+                await self._dead_letter_sessions(to_score)
+                to_score, probabilities, shape = [], np.empty(0), None
+        if bought or to_score:
+            certain = np.ones(len(bought))
+            await self._publish(bought + to_score, np.concatenate([certain, probabilities]))
+        if shape is not None:  # the cost model learns from batches the model actually ran
+            self.batch_policy.observe(shape, (time.perf_counter() - started) * 1000)
         await self._ack([m for _, entry in taken for m in entry.tokens])
         return len(taken)
 
@@ -347,6 +379,7 @@ class Pipeline:
             ingest_ms=entry.newest_ingest_ms,
             oldest_ingest_ms=entry.oldest_ingest_ms,
             worker=self.worker_id,
+            purchased=has_purchased(snapshot),
         )
 
     async def _dead_letter_sessions(self, taken: list[tuple[str, PendingEntry[InMessage]]]) -> None:
@@ -374,6 +407,11 @@ class Pipeline:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def has_purchased(snapshot: WindowSnapshot) -> bool:
+    """The session has accepted a purchase (any, even one trimmed from the kept window)."""
+    return snapshot.aggregates.count("purchase") > 0
+
+
 def _entry(snapshot: WindowSnapshot, waiting: list[InMessage]) -> PendingEntry[InMessage]:
     stamps = [m.timestamp_ms for m in waiting]
     return PendingEntry(
@@ -382,6 +420,14 @@ def _entry(snapshot: WindowSnapshot, waiting: list[InMessage]) -> PendingEntry[I
         oldest_ingest_ms=min(stamps),
         newest_ingest_ms=max(stamps),
     )
+
+
+def _arrived_ms(entry: PendingEntry[InMessage]) -> int:
+    """When the entry's oldest event arrived: its Kafka timestamp, or when it was queued if
+    that is earlier (a producer clock ahead of ours must not stretch the wait)."""
+    if entry.queued_ms:
+        return min(entry.oldest_ingest_ms, entry.queued_ms)
+    return entry.oldest_ingest_ms
 
 
 def _count_outcomes(outcomes: Iterable[Any]) -> None:

@@ -28,6 +28,9 @@ class ScoreRecord:
     ingest_ms: int  # Kafka timestamp of the newest event this score covers
     oldest_ingest_ms: int  # Kafka timestamp of the oldest event first covered by this score
     worker: str = ""
+    # The session had already bought: score 1.0 without a model call (a missing field, as in
+    # records of older workers, means False).
+    purchased: bool = False
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))

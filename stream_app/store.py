@@ -1,12 +1,15 @@
 """Session store: where session windows live between events.
 
 ``SessionStore`` is the protocol the worker uses; ``create_store`` picks the backend from the
-URL (``memory://`` -> ``InMemorySessionStore``, ``redis://`` / ``rediss://`` ->
-``RedisSessionStore``). Both apply exactly the rules of ``stream_app.windows``: the in-memory
+URL (``memory://`` -> ``InMemorySessionStore``; ``redis://``, ``rediss://``, ``redis+cluster://``,
+``redis+sentinel://`` -> ``RedisSessionStore`` over the client ``stream_app.redis_connect``
+builds). Both apply exactly the rules of ``stream_app.windows``: the in-memory
 store by calling ``apply_events``, Redis through ``window.lua``.
 
 Redis: one round trip per micro-batch, a non-transactional pipeline of one ``EVALSHA`` per
-touched session; each script call touches only that session's keys (one Cluster slot). If
+touched session; each script call touches only that session's keys (one Cluster slot). In
+Cluster mode redis-py splits that pipeline by node and sends the parts concurrently (one
+round trip per node, in parallel), and follows ``MOVED``/``ASK`` while a slot migrates. If
 the server lost its script cache (restart, ``SCRIPT FLUSH``) the affected calls are re-sent
 after a ``SCRIPT LOAD``. Connection errors are retried by redis-py's own ``Retry``; what
 still fails surfaces as ``StoreUnavailable``. A retried pipeline may re-run scripts that had
@@ -18,20 +21,25 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import orjson
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from stream_app.config import RedisSettings
-from stream_app.errors import ConfigError, InvalidEvent, StoreUnavailable
+from stream_app.errors import InvalidEvent, StoreUnavailable
 from stream_app.events import Event
 from stream_app.keys import SessionKeys, session_keys
+from stream_app.redis_connect import (
+    CREDENTIAL_ERRORS,
+    RETRYABLE_ERRORS,
+    RedisClient,
+    StoreRetry,
+    parse_redis_url,
+    redis_client,
+)
 from stream_app.windows import (
     ApplyOutcome,
     Tallies,
@@ -44,15 +52,10 @@ from stream_app.windows import (
 )
 
 Clock = Callable[[], int]  # UTC epoch milliseconds
-T = TypeVar("T")
+# Re-exported: callers build clients and retries through this module.
+__all__ = ["CREDENTIAL_ERRORS", "RETRYABLE_ERRORS", "StoreRetry", "redis_client"]
 
 MEMORY_SCHEME = "memory://"
-# Errors worth a retry inside redis-py before we give up and raise StoreUnavailable.
-RETRYABLE_ERRORS: tuple[type[redis_errors.RedisError], ...] = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.BusyLoadingError,
-)
 
 
 class SessionStore(Protocol):
@@ -231,7 +234,7 @@ def _load_script() -> bytes:
 class RedisSessionStore:
     """Session windows in Redis; ``window.lua`` applies the rules server-side."""
 
-    def __init__(self, client: Redis, rules: WindowRules, key_prefix: str = "is") -> None:
+    def __init__(self, client: RedisClient, rules: WindowRules, key_prefix: str = "is") -> None:
         self._client = client
         self._rules = rules
         self._prefix = key_prefix
@@ -298,61 +301,11 @@ class RedisSessionStore:
 # Construction
 
 
-# A wrong password or a missing ACL permission does not heal with time: never retried.
-CREDENTIAL_ERRORS = (redis_errors.AuthenticationError, redis_errors.AuthorizationError)
-
-
-class StoreRetry(Retry):
-    """redis-py's ``Retry`` (backoff, count, supported errors), minus credential errors,
-    which redis-py files under ``ConnectionError``."""
-
-    async def call_with_retry(
-        self,
-        do: Callable[[], Awaitable[T]],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> T:
-        def retryable(error: Exception) -> bool:
-            if isinstance(error, CREDENTIAL_ERRORS):
-                return False
-            return is_retryable is None or is_retryable(error)
-
-        return await super().call_with_retry(do, fail, retryable, with_failure_count)
-
-
-def redis_client(settings: RedisSettings) -> Redis:
-    """A redis.asyncio client from settings: TLS for ``rediss://``, retries as a value."""
-    url = settings.url.strip()
-    retry = StoreRetry(
-        ExponentialBackoff(cap=settings.backoff_cap_s, base=settings.backoff_base_s),
-        settings.retries,
-        supported_errors=RETRYABLE_ERRORS,
-    )
-    options: dict[str, Any] = {
-        "socket_timeout": settings.socket_timeout_s,
-        "socket_connect_timeout": settings.socket_timeout_s,
-        "retry": retry,
-    }
-    if settings.username:
-        options["username"] = settings.username
-    if password := settings.password.get_secret_value():
-        options["password"] = password
-    if url.startswith("rediss://"):
-        tls = {
-            "ssl_ca_certs": settings.ssl_ca_certs,
-            "ssl_certfile": settings.ssl_certfile,
-            "ssl_keyfile": settings.ssl_keyfile,
-        }
-        options |= {k: str(v) for k, v in tls.items() if v is not None}
-    return Redis.from_url(url, **options)
-
-
 def create_store(settings: RedisSettings, rules: WindowRules) -> SessionStore:
-    """The store ``settings.url`` names: ``memory://`` or ``redis://`` / ``rediss://``."""
+    """The store ``settings.url`` names: ``memory://``, or Redis (one node, ``+cluster``,
+    ``+sentinel``; see ``stream_app.redis_connect``)."""
     url = settings.url.strip()
     if url.startswith(MEMORY_SCHEME):
         return InMemorySessionStore(rules)
-    if not url.startswith(("redis://", "rediss://")):
-        raise ConfigError("REDIS_URL must start with redis://, rediss:// or memory://")
+    parse_redis_url(url)  # a bad URL is a one-line ConfigError here, not at first use
     return RedisSessionStore(redis_client(settings), rules, settings.key_prefix)

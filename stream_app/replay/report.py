@@ -28,6 +28,8 @@ class ReplayResult:
     scores_per_s: dict[int, int] = field(default_factory=dict)
     latencies: Sequence[tuple[int, int]] = ()  # (received_ms, latency_ms) per covered event
     lag_samples: Sequence[tuple[int, int]] = ()  # (epoch ms, worker consumer-group lag)
+    times: str = ""  # the event-time rule (timing.TimeMode): compress, shift, send or keep
+    pace: str = ""  # speed=20, speed=max or rate=500
 
 
 def _rate(count: int, start_ms: int | None, end_ms: int | None) -> float:
@@ -44,6 +46,8 @@ def report_dict(result: ReplayResult) -> dict[str, Any]:
     """The ``--report-json`` content (NaN percentiles of an empty run become null)."""
     s = result.summary
     return {
+        "times": result.times,
+        "pace": result.pace,
         "events_sent": s.events_sent,
         "events_failed": result.events_failed,
         "events_valid": s.events_valid,
@@ -59,6 +63,7 @@ def report_dict(result: ReplayResult) -> dict[str, Any]:
         "invalid_reasons": s.invalid_reasons,
         "sessions": s.sessions,
         "sessions_scored": s.sessions_scored,
+        "sessions_purchased": s.sessions_purchased,
         "scores_received": s.scores_received,
         "scores_stale": s.scores_stale,
         "all_scored": result.done,

@@ -26,6 +26,7 @@ from stream_app.replay.consumer import LagSampler, open_results_consumer, prepar
 from stream_app.replay.producer import Compression, Delivered, EventProducer
 from stream_app.replay.report import ReplayResult
 from stream_app.replay.timing import (
+    TIME_MODES,
     RawMessage,
     Schedule,
     SystemClock,
@@ -266,6 +267,8 @@ class _Run:
             scores_per_s=dict(tracker.scores_per_s),
             latencies=list(tracker.latencies),
             lag_samples=list(self.lag.samples) if self.lag else [],
+            times=self.config.timing.times,
+            pace=self.config.timing.describe(),
         )
 
 
@@ -336,12 +339,14 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     )
     times.add_argument(
         "--times",
-        choices=("shift", "send", "keep"),
-        help="event times: shifted so the first is now, keeping the recorded gaps (default; "
-        "fast replays of long logs then run into the future, past WINDOW_MAX_FUTURE_SKEW_S), "
-        "the send time, or as recorded",
+        choices=TIME_MODES,
+        help="event times: 'compress' (default) divides the recorded gaps by the speed, so "
+        "each time is the scheduled send time and never ahead of it, at any speed and span, "
+        "each session's order kept (unpaced runs: the send time - 1 s); 'shift' keeps the "
+        "recorded gaps from now (live-looking only at speed <= 1: faster, long logs run past "
+        "WINDOW_MAX_FUTURE_SKEW_S into time_in_future); 'send' the send time; 'keep' as recorded",
     )
-    parser.set_defaults(times="shift")
+    parser.set_defaults(times="compress")
     parser.add_argument(
         "--run-tag",
         default="auto",

@@ -9,11 +9,26 @@ Modes (``TimingConfig``):
   possible); ``rate=N``: a fixed N messages per second, whatever the recorded gaps.
 - ``duration_s``: stop after that long; ``limit``: stop after that many messages;
   ``loop``: start the log again when it ends, each pass with its own session ids.
-- ``times``: ``shift`` (default) keeps the recorded gaps between event times but moves each
-  pass so its first event happens 'now'; ``send`` stamps each event with its send time;
-  ``keep`` leaves recorded times alone. (``shift`` at ``speed > 1`` moves later events
-  ahead of the clock; the worker dead-letters events beyond its future-skew bound, and the
-  tracker, judging with the same limits, expects exactly that.)
+- ``times`` (what each event's ``event_time`` becomes):
+
+  - ``compress`` (default): the recorded gaps divided by the speed, so an event's time is
+    when it is scheduled to be sent: ``replay start + (recorded - first recorded) / speed``.
+    A log spanning months replays at any speed with live-looking times that are never ahead
+    of the send time. Unpaced runs (``speed=None`` or a fixed ``rate``) have no speed to
+    divide by: the time is then the send time minus ``UNPACED_LAG_MS``. Within a session,
+    events recorded in order keep their order *strictly* (a later recorded time never gets
+    an equal or earlier time, bumped by 1 ms where the division would tie them; equal
+    recorded times stay equal), and should a bump reach beyond the clock the event waits
+    for the clock instead (at most ``MAX_HOLD_S``: more means the wall clock was stepped
+    back, and the replay goes on rather than stall). Gaps only shrink, so no event the
+    worker would accept from the recorded log becomes ``late_event``. A record that comes
+    out of order in the log keeps its compressed time, capped by the session's newest time.
+  - ``shift``: the recorded gaps unchanged, each pass moved so its first event happens
+    'now'. Live-looking only at ``speed <= 1``: faster, later events run ahead of the clock
+    and the worker dead-letters those beyond its future-skew bound as ``time_in_future``
+    (the tracker, judging with the same limits, expects exactly that).
+  - ``send``: the send time (ties within a millisecond are ordered by event id).
+  - ``keep``: the recorded times.
 
 Only messages that are structurally events are rewritten. Anything else (a malformed line of
 a recorded JSONL stream) goes out byte for byte: it is meant to reach the dead-letter topic,
@@ -22,6 +37,7 @@ and re-serialising it could silently repair it (orjson collapses duplicate keys)
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -33,8 +49,13 @@ import orjson
 from stream_app.errors import InvalidEvent
 from stream_app.events import EventLimits, parse_event
 
-TimeMode = Literal["shift", "send", "keep"]
-TIME_MODES: tuple[TimeMode, ...] = ("shift", "send", "keep")
+TimeMode = Literal["compress", "shift", "send", "keep"]
+TIME_MODES: tuple[TimeMode, ...] = ("compress", "shift", "send", "keep")
+# ``compress`` without a speed (max speed, fixed rate) stamps the send time minus this much,
+# which leaves room to keep a session's events strictly ordered (1 ms apart) when many of
+# them go out within the same millisecond, without ever stamping a time ahead of the clock.
+UNPACED_LAG_MS = 1_000
+MAX_HOLD_S = 1.0  # the longest compress waits for the clock to pass a session's newest time
 RawMessage = tuple[bytes | None, bytes]
 
 # Structural check only: any event time is acceptable here, the worker judges times itself.
@@ -75,7 +96,7 @@ class TimingConfig:
     duration_s: float | None = None
     limit: int | None = None
     loop: bool = False
-    times: TimeMode = "shift"
+    times: TimeMode = "compress"
     run_tag: str = ""  # appended to every session id (and event id) of this run
 
     def __post_init__(self) -> None:
@@ -89,6 +110,17 @@ class TimingConfig:
             raise ValueError("duration must be > 0")
         if self.times not in TIME_MODES:
             raise ValueError(f"times must be one of {TIME_MODES}")
+
+    @property
+    def paced_speed(self) -> float | None:
+        """The factor recorded gaps are divided by; None when not paced by them."""
+        return None if self.rate is not None else self.speed
+
+    def describe(self) -> str:
+        """The pace in words, for reports: ``speed=20``, ``speed=max`` or ``rate=500``."""
+        if self.rate is not None:
+            return f"rate={self.rate:g}"
+        return "speed=max" if self.speed is None else f"speed={self.speed:g}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +172,8 @@ def rewrite(record: Recorded, suffix: str, event_time_ms: int | None) -> RawMess
 
 
 class _Pass:
-    """Per-pass anchors: the recorded time and wall time of the pass's first timed event."""
+    """Per-pass anchors: the recorded time and wall time of the pass's first timed event,
+    and per session the newest recorded and rewritten times (``compress``)."""
 
     def __init__(self, loop: int, base_due_s: float) -> None:
         self.loop = loop
@@ -148,6 +181,7 @@ class _Pass:
         self.last_due_s = base_due_s
         self.first_time_ms: int | None = None
         self.first_wall_ms = 0
+        self.sessions: dict[str, tuple[int, int]] = {}  # session -> (recorded, rewritten)
 
     def anchor(self, time_ms: int | None, wall_ms: int) -> None:
         if time_ms is not None and self.first_time_ms is None:
@@ -168,10 +202,12 @@ class Schedule:
         self.config = config
         self._clock = clock
         self._start = 0.0
+        self._start_wall_ms = 0
         self.sent = 0
 
     def __iter__(self) -> Iterator[OutgoingMessage]:
         self._start = self._clock.monotonic()
+        self._start_wall_ms = self._clock.wall_ms()
         base_due_s = 0.0
         loop = 1
         while True:
@@ -197,6 +233,12 @@ class Schedule:
         wall_ms = self._clock.wall_ms()
         current.anchor(record.time_ms, wall_ms)
         event_time_ms = self._event_time(current, record, wall_ms)
+        ahead_s = (event_time_ms - wall_ms) / 1000 if event_time_ms is not None else 0.0
+        if self.config.times == "compress" and ahead_s <= MAX_HOLD_S:
+            # Only an order bump gets ahead of the clock (by milliseconds): wait for it rather
+            # than send the future. Longer means the wall clock was stepped back: waiting that
+            # out would stall the replay. (``shift`` at speed > 1 is ahead by design.)
+            self._clock.sleep(ahead_s)
         key, value = rewrite(record, pass_suffix(self.config.run_tag, current.loop), event_time_ms)
         message = OutgoingMessage(key, value, self.sent, current.loop, due_s, event_time_ms)
         self.sent += 1
@@ -228,4 +270,29 @@ class Schedule:
         if self.config.times == "send":
             return wall_ms
         assert current.first_time_ms is not None  # anchored before this is called
+        if self.config.times == "compress":
+            return self._compressed(current, record, record.time_ms, wall_ms)
         return record.time_ms - current.first_time_ms + current.first_wall_ms
+
+    def _compressed(self, current: _Pass, record: Recorded, time_ms: int, wall_ms: int) -> int:
+        """``compress``: the scheduled send time, kept in recorded order within the session."""
+        assert record.fields is not None
+        assert current.first_time_ms is not None
+        speed = self.config.paced_speed
+        if speed is None:
+            anchor = wall_ms - UNPACED_LAG_MS
+        else:
+            offset_s = current.base_due_s + (time_ms - current.first_time_ms) / 1000 / speed
+            # Due by now (the schedule slept for it); min() guards against wall-clock steps.
+            anchor = min(self._start_wall_ms + math.floor(offset_s * 1000), wall_ms)
+        session = str(record.fields["user_session"])
+        previous = current.sessions.get(session)
+        if previous is None:
+            rewritten = anchor
+        elif time_ms > previous[0]:
+            rewritten = max(anchor, previous[1] + 1)
+        else:  # equal: the same time; earlier (out of order in the log): at most the newest
+            rewritten = previous[1] if time_ms == previous[0] else min(anchor, previous[1])
+        if previous is None or time_ms >= previous[0]:
+            current.sessions[session] = (time_ms, rewritten)
+        return rewritten

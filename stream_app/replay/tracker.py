@@ -105,6 +105,7 @@ class TrackerSummary:
     dlq_reasons: dict[str, int]
     sessions: int
     sessions_scored: int
+    sessions_purchased: int  # whose latest score says the session has bought
     scores_received: int
     scores_stale: int
     latency: Latencies  # produce -> score received
@@ -291,9 +292,17 @@ class ScoreTracker:
     def sessions_seen(self) -> int:
         return sum(1 for s in self._sessions.values() if s.expected)
 
+    def sessions_purchased(self) -> int:
+        return sum(1 for s in self._sessions.values() if s.latest and s.latest.purchased)
+
     def top_sessions(self, n: int) -> list[SessionView]:
-        """The ``n`` highest latest scores (for the demo's live view)."""
-        scored = [(sid, s.latest, s.expected) for sid, s in self._sessions.items() if s.latest]
+        """The ``n`` highest latest scores of sessions that have not bought yet (the demo's
+        live view: a session that bought is certain, not 'likely to buy')."""
+        scored = [
+            (sid, s.latest, s.expected)
+            for sid, s in self._sessions.items()
+            if s.latest and not s.latest.purchased
+        ]
         scored.sort(key=lambda item: item[1].score if item[1] else 0.0, reverse=True)
         return [_view(sid, record, expected) for sid, record, expected in scored[:n] if record]
 
@@ -314,6 +323,7 @@ class ScoreTracker:
             dlq_reasons=dict(dead),
             sessions=self.sessions_seen(),
             sessions_scored=self.sessions_scored(),
+            sessions_purchased=self.sessions_purchased(),
             scores_received=self.scores_received,
             scores_stale=self.scores_stale,
             latency=Latencies.of([lat for _, lat in self.latencies]),

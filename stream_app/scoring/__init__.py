@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from stream_app.errors import ModelLoadError
+from stream_app.extras import require_extra
 
 if TYPE_CHECKING:
     from stream_app.config import ModelSettings
@@ -53,6 +54,7 @@ def load_scorer(settings: ModelSettings) -> Scorer:
 
         return OnnxScorer(model_dir, variant=settings.variant, threads=settings.threads)
     if settings.backend == "torch":
+        require_extra("torch", "MODEL_BACKEND=torch")
         from stream_app.scoring.torch_backend import TorchScorer
 
         return TorchScorer(model_dir, device=settings.device, threads=settings.threads)

@@ -145,7 +145,10 @@ def test_replay_matches_scores_and_dead_letters(
     log = write_log(tmp_path / "log.jsonl")
     lines = len(log.read_bytes().splitlines())
     seen_top: list[int] = []
-    config = replay_config(kafka, log, rate=100.0, loop=True, limit=2 * lines, run_tag="#t")
+    # shift keeps the recorded 10-minute lag of the late event (compress would shrink it).
+    config = replay_config(
+        kafka, log, rate=100.0, loop=True, limit=2 * lines, times="shift", run_tag="#t"
+    )
     # The fake worker commits nothing, so its group's lag is everything produced so far.
     config = ReplayConfig(**{**_fields(config), "lag_group": "fake", "lag_interval_s": 0.1})
     result = run_replay(

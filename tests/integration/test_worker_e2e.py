@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from stream_app.dlq import parse_dead_letter
+from stream_app.scores import ScoreRecord
 from stream_app.stack import LocalStack
 from stream_app.topics import read_all
 from stream_app.windows import WindowRules
@@ -18,6 +19,7 @@ from tests.integration.helpers import (
     sentinels,
     stack_settings,
     stored_windows,
+    valid_events,
     wait_for_scores,
     worker_env,
 )
@@ -56,6 +58,16 @@ def test_sample_is_scored_on_complete_windows_and_replay_is_idempotent(
             assert record.window_events == min(record.session_events, 50)
             assert record.ingest_ms >= record.oldest_ingest_ms > 0
 
+        # After the purchase: every score covering a session's first purchase is marked
+        # (score 1.0, no model call); every score before it is the model's, unmarked.
+        bought_at = first_purchase_positions(messages)
+        assert bought_at, "the sample has buying sessions"
+        for message in read_all(kafka_bootstrap, settings.kafka.scores_topic):
+            record = ScoreRecord.from_json(message.value())
+            purchased = record.session_events >= bought_at.get(record.session_id, 10**9)
+            assert record.purchased is purchased, record
+            assert record.score == 1.0 or not purchased
+
         letters = read_all(kafka_bootstrap, settings.kafka.dlq_topic, expected=len(MALFORMED))
         reasons = sorted(parse_dead_letter(m.value())["reason"] for m in letters)
         assert len(reasons) == len(MALFORMED)
@@ -71,3 +83,15 @@ def test_sample_is_scored_on_complete_windows_and_replay_is_idempotent(
         assert after == before, "replaying the same events changed a window"
         rescored = latest_scores(kafka_bootstrap, settings.kafka.scores_topic)
         assert all(rescored[s].session_events == expected[s] for s in sessions)
+
+
+def first_purchase_positions(messages: list[tuple[bytes | None, bytes]]) -> dict[str, int]:
+    """Per buying session, how many distinct events it has once its first purchase is in
+    (one key, one partition: the worker accepts each session's events in produce order)."""
+    positions = {}
+    for session, events in valid_events(messages).items():
+        distinct = {e.event_id: e for e in events}  # first occurrence wins, order kept
+        kinds = [e.event_type for e in distinct.values()]
+        if "purchase" in kinds:
+            positions[session] = kinds.index("purchase") + 1
+    return positions

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from itertools import pairwise
@@ -12,9 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stream_app import metrics
 from stream_app.batching import length_sorted_chunks, time_bounded_limit
-from stream_app.config import BatchSettings, Settings
-from stream_app.pipeline import PENDING_TARGET_S, InMessage, Pipeline
+from stream_app.config import BatchSettings, ScoreSettings, Settings
+from stream_app.pipeline import PENDING_TARGET_S, InMessage, Pipeline, wall_clock_ms
 from stream_app.store import InMemorySessionStore
 from stream_app.windows import WindowRules, WindowSnapshot
 
@@ -100,3 +103,63 @@ async def test_the_pending_bound_follows_the_measured_scoring_rate() -> None:
     assert pipe.scoring_rate_per_s <= 40
     assert 2 * 4 <= pipe.pending.max_sessions <= 40 * PENDING_TARGET_S
     pipe.close()
+
+
+class PerSessionScorer:
+    """A stand-in model whose time grows with the batch: ``seconds`` per session."""
+
+    model_version = "per-session-1"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def score(self, snapshots: Sequence[WindowSnapshot]) -> np.ndarray:
+        time.sleep(self.seconds * len(snapshots))
+        return np.full(len(snapshots), 0.5, dtype=np.float32)
+
+
+async def _batch_sizes(budget_ms: int, sessions: int) -> list[int]:
+    """Queue ``sessions`` fresh sessions at once, run the scoring loop, return batch sizes."""
+    sizes: list[int] = []
+    all_scored = asyncio.Event()
+
+    async def publish(records: Sequence[object]) -> None:
+        sizes.append(len(records))
+        if sum(sizes) >= sessions:
+            all_scored.set()
+
+    settings = Settings(
+        batch=BatchSettings(max_score_batch=64), score=ScoreSettings(latency_budget_ms=budget_ms)
+    )
+    pipe = Pipeline(
+        settings=settings,
+        store=InMemorySessionStore(WindowRules(), clock=wall_clock_ms),
+        scorer=PerSessionScorer(0.002),
+        publish_scores=publish,
+        publish_dead_letters=_no_op,
+        ack=_no_op,
+    )
+    now = wall_clock_ms()
+    await pipe.ingest([dataclasses.replace(_message(i), timestamp_ms=now) for i in range(sessions)])
+    loop = asyncio.create_task(pipe.run_scoring())
+    try:
+        await asyncio.wait_for(all_scored.wait(), 20)
+    finally:
+        loop.cancel()
+        pipe.close()
+    return sizes
+
+
+async def test_the_scoring_loop_sizes_batches_to_the_latency_budget() -> None:
+    """12 fresh sessions, a 60 ms budget and (before anything is measured) the prior's 5 ms +
+    10 ms per session: the first batch is cut to what fits (12 would take 125 ms; at 48 new
+    sessions/s, a batch of one keeps up), all are scored, and the reason is counted."""
+    before = metrics.SCORE_RELEASES.labels("deadline")._value.get()
+    sizes = await _batch_sizes(60, 12)
+    assert sum(sizes) == 12
+    assert 1 <= sizes[0] <= 6
+    assert metrics.SCORE_RELEASES.labels("deadline")._value.get() > before
+
+
+async def test_a_zero_budget_scores_whatever_waits_at_once() -> None:
+    assert await _batch_sizes(0, 12) == [12]

@@ -6,6 +6,7 @@ Dockerfile that sets a variable the app does not read (a typo, a renamed setting
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_stack_has_the_production_services(services: dict[str, Any]) -> None:
-    expected = {"kafka", "topic-init", "redis", "worker", "worker-gpu", "prometheus"}
+    expected = {"kafka", "topic-init", "redis", "worker", "worker-gpu", "prometheus", "grafana"}
     assert expected <= services.keys()
 
 
@@ -139,6 +140,7 @@ def test_topic_init_creates_the_topics_the_workers_use(services: dict[str, Any])
     worker_env = _env(services["worker"])
     for variable in ("KAFKA_EVENTS_TOPIC", "KAFKA_SCORES_TOPIC", "KAFKA_DLQ_TOPIC"):
         assert f"create {worker_env[variable]} " in script
+    assert "create intent-triggers " in script  # the trigger worker's output topic
     assert "--if-not-exists" in script
     assert _env(init)["EVENTS_PARTITIONS"] == worker_env["KAFKA_PARTITIONS"]
     replicas = services["worker"]["deploy"]["replicas"]
@@ -213,6 +215,67 @@ def test_prometheus_scrapes_every_worker_service(services: dict[str, Any]) -> No
         assert (worker, port, "/metrics") in targets
 
 
+def test_prometheus_loads_the_alert_rules(services: dict[str, Any]) -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text("utf-8"))
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    mounted = " ".join(services["prometheus"]["volumes"])
+    assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml" in mounted
+
+
+def _dashboard_exprs() -> dict[str, list[str]]:
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/intent-stream.json").read_text("utf-8"))
+    return {p["title"]: [t["expr"] for t in p["targets"]] for p in dashboard["panels"]}
+
+
+def test_grafana_dashboard_shows_what_operators_need() -> None:
+    joined = {title: " ".join(exprs) for title, exprs in _dashboard_exprs().items()}
+    wanted = {
+        "throughput": "intent_events_in_total",
+        "lag": "kafka_consumergroup_lag",
+        "batch": "intent_score_batch_size_bucket",
+        "latency": "histogram_quantile(0.99, sum by (le) (rate(intent_e2e_latency_seconds",
+        "dead letters": "sum by (reason) (rate(intent_dlq_total",
+        "pending": "intent_pending_sessions",
+        "model": "intent_inference_seconds_bucket",
+    }
+    for topic, needle in wanted.items():
+        assert any(needle in expr for expr in joined.values()), f"no panel for {topic}"
+
+
+def test_dashboard_and_alert_metrics_exist() -> None:
+    from stream_app import metrics
+
+    exported = {
+        name
+        for family in metrics.REGISTRY.collect()
+        for name in (family.name, f"{family.name}_total", f"{family.name}_bucket")
+    }
+    # From the Kafka lag exporter, and the model circuit breaker of the failure policy.
+    external = {"kafka_consumergroup_lag", "intent_model_breaker_open"}
+    alerts = yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text("utf-8"))
+    rules = [rule["expr"] for group in alerts["groups"] for rule in group["rules"]]
+    for exprs in [*_dashboard_exprs().values(), rules]:
+        for name in re.findall(r"\b(?:intent|kafka)_[a-z0-9_]+", " ".join(exprs)):
+            assert name in exported | external, name
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(
+    services: dict[str, Any],
+) -> None:
+    grafana = services["grafana"]
+    mounts = " ".join(grafana["volumes"])
+    assert "./grafana/provisioning:/etc/grafana/provisioning" in mounts
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards" in mounts
+    source = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/dashboards/intent-stream.yml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
 # --------------------------------------------------------------------------- Dockerfiles
 
 
@@ -263,6 +326,37 @@ def test_cpu_image_is_slim_python_with_cpu_torch() -> None:
     args = " ".join(a for i, a in instructions if i in {"ARG", "FROM"})
     assert "python:3.11-slim" in args
     assert "download.pytorch.org/whl/cpu" in args
+
+
+def _stages(dockerfile: str) -> dict[str, list[tuple[str, str]]]:
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for instruction, args in _instructions(dockerfile):
+        if instruction == "FROM":
+            current = stages.setdefault(args.split()[-1], [])
+        current.append((instruction, args))
+    return stages
+
+
+def test_cpu_runtime_stage_installs_only_the_runtime_dependencies() -> None:
+    stages = _stages("Dockerfile")
+    runtime = " ".join(a for i, a in stages["runtime"] if i == "RUN")
+    assert "pip install . " in runtime + " "
+    assert "torch" not in runtime
+    assert "[" not in runtime.split("pip install", 1)[1].split("&&")[0], "no extras at runtime"
+    model = " ".join(a for i, a in stages["model"] if i == "RUN")
+    assert "download.pytorch.org/whl/cpu" in " ".join(a for i, a in stages["model"])
+    assert '".[train]"' in model
+
+
+def test_gpu_compose_worker_builds_engines_then_serves_them(services: dict[str, Any]) -> None:
+    gpu = services["worker-gpu"]
+    script = " ".join(gpu["entrypoint"])
+    assert "intent-stream build-engines --model-dir /opt/intent-stream/model" in script
+    out = script.split("--out", 1)[1].split()[0]
+    assert script.rstrip().endswith("exec intent-stream worker")
+    assert _env(gpu)["MODEL_DIR"] == f"{out}/current"
+    assert any(volume.endswith(f":{out}") for volume in gpu["volumes"])
 
 
 def test_gpu_image_installs_the_gpu_extra() -> None:

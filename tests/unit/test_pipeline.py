@@ -227,6 +227,49 @@ async def test_backpressure_blocks_ingest_until_scoring_makes_room() -> None:
     assert len(pipe.pending) == 1
 
 
+async def test_a_session_that_bought_is_published_as_purchased_without_a_model_call() -> None:
+    rec = Recorder()
+    scorer = CountingScorer()
+    pipe = make_pipeline(rec, scorer=scorer)
+    await pipe.ingest([message(0, "buyer", 1), message(1, "buyer", 2, "cart")])
+    await pipe.ingest([message(2, "browser", 1)])
+    await pipe.score_pending()
+    before = {r.session_id: r for r in rec.scores}
+    assert not any(r.purchased for r in before.values())
+    assert before["buyer"].score == pytest.approx(0.2)  # the model's answer before the purchase
+
+    await pipe.ingest([message(3, "buyer", 3, "purchase"), message(4, "browser", 2)])
+    await pipe.ingest([message(5, "buyer", 4)])  # browsing on after the purchase
+    await pipe.score_pending()
+    assert scorer.batches[-1] == ["browser"]  # the buyer is not in the model's batch
+    after = {r.session_id: r for r in rec.scores[len(before) :]}
+    assert after["buyer"].purchased is True
+    assert after["buyer"].score == 1.0
+    assert after["buyer"].session_events == 4
+    assert after["buyer"].model_version == scorer.model_version
+    assert after["browser"].purchased is False
+    assert after["browser"].score == pytest.approx(0.2)
+    assert sorted(rec.acked) == [0, 1, 2, 3, 4, 5]
+    assert b'"purchased":true' in after["buyer"].to_json()
+
+
+async def test_purchased_sessions_are_published_even_when_the_model_fails() -> None:
+    rec = Recorder()
+    pipe = make_pipeline(rec, scorer=CountingScorer(failures=5))
+    await pipe.ingest([message(0, "buyer", 1, "purchase"), message(1, "browser", 1)])
+    await pipe.score_pending()
+    assert [(r.session_id, r.purchased, r.score) for r in rec.scores] == [("buyer", True, 1.0)]
+    assert [letter["reason"] for letter in rec.letters] == ["scoring_failed"]
+    assert sorted(rec.acked) == [0, 1]
+
+
+def test_score_records_without_the_field_read_as_not_purchased() -> None:
+    record = ScoreRecord("s", "u", 0.5, "v", 1, 1, "t", 1, 1, 1, 1)
+    data = orjson.loads(record.to_json())
+    del data["purchased"]
+    assert ScoreRecord.from_json(orjson.dumps(data)).purchased is False
+
+
 @pytest.mark.parametrize("key", ["0123456789abcdef", "another-long-secret-key"])
 async def test_pseudonymisation_hides_ids_everywhere(key: str) -> None:
     rec = Recorder()

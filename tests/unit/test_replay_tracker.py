@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from itertools import count
 from pathlib import Path
@@ -178,6 +179,22 @@ def test_top_sessions_by_latest_score(tracker: ScoreTracker) -> None:
     top = tracker.top_sessions(2)
     assert [(v.session_id, v.score) for v in top] == [("a", 0.95), ("b", 0.9)]
     assert top[0].expected_events == 1
+
+
+def test_sessions_that_bought_are_counted_and_left_out_of_the_top(
+    tracker: ScoreTracker,
+) -> None:
+    for name in ("buyer", "browser"):
+        tracker.record_sent(sent(name, START_MS, START_MS))
+    tracker.record_sent(sent("buyer", START_MS + 1, START_MS + 1, event_type="purchase"))
+    tracker.record_score(score("browser", 1, 0.3), START_MS + 2)
+    tracker.record_score(score("buyer", 1, 0.6), START_MS + 2)
+    assert [v.session_id for v in tracker.top_sessions(5)] == ["buyer", "browser"]
+    bought = dataclasses.replace(score("buyer", 2, 1.0), purchased=True)
+    tracker.record_score(bought, START_MS + 3)
+    assert [v.session_id for v in tracker.top_sessions(5)] == ["browser"]
+    assert tracker.summary().sessions_purchased == 1
+    assert tracker.summary().sessions_scored == 2
 
 
 def test_session_alias_maps_sent_ids_to_scored_ids() -> None:

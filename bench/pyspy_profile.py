@@ -1,4 +1,4 @@
-"""``python -m bench.profile``: where a stage's CPU time goes, sampled with py-spy.
+"""``python -m bench.pyspy_profile``: where a stage's CPU time goes, sampled with py-spy.
 
 Starts the embedded stack, preloads a backlog, runs one stage process (our worker or the
 consume-only Faust agent) and records it with ``py-spy record --format raw`` (collapsed
