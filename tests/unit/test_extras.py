@@ -56,7 +56,7 @@ def test_runtime_dependencies_leave_out_demo_train_and_gpu_packages() -> None:
         assert package not in runtime, package
     extras = project["optional-dependencies"]
     assert {"demo", "train", "gpu", "torch", "dev"} <= extras.keys()
-    assert any("intent-stream[demo,train]" in d for d in extras["dev"])
+    assert any(d.startswith("intent-stream[demo,train") for d in extras["dev"])
 
 
 def test_the_worker_scores_on_runtime_dependencies_alone(model_dir: Path) -> None:
