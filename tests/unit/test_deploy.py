@@ -338,12 +338,13 @@ def _stages(dockerfile: str) -> dict[str, list[tuple[str, str]]]:
     return stages
 
 
-def test_cpu_runtime_stage_installs_only_the_runtime_dependencies() -> None:
+def test_cpu_runtime_stage_installs_only_the_runtime_dependencies_and_the_api() -> None:
     stages = _stages("Dockerfile")
     runtime = " ".join(a for i, a in stages["runtime"] if i == "RUN")
-    assert "pip install . " in runtime + " "
+    assert 'pip install ".[api]" ' in runtime + " "  # one image: worker, triggers, api
     assert "torch" not in runtime
-    assert "[" not in runtime.split("pip install", 1)[1].split("&&")[0], "no extras at runtime"
+    installed = runtime.split("pip install", 1)[1].split("&&")[0].split()
+    assert installed[0] == '".[api]"', "no other extras at runtime"
     model = " ".join(a for i, a in stages["model"] if i == "RUN")
     assert "download.pytorch.org/whl/cpu" in " ".join(a for i, a in stages["model"])
     assert '".[train]"' in model
