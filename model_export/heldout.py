@@ -16,7 +16,7 @@ import gzip
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from model_export.corpus import DEFAULT_TEST_FRACTION, SPLIT_SEED
 from model_export.data import load_dataset, split_by_user
@@ -32,7 +32,7 @@ def heldout_users(path: Path, test_fraction: float = DEFAULT_TEST_FRACTION) -> f
 
 def _open(path: Path, mode: str) -> IO[str]:
     if path.name.endswith(".gz"):
-        return gzip.open(path, mode + "t", encoding="utf-8", newline="")
+        return cast("IO[str]", gzip.open(path, mode + "t", encoding="utf-8", newline=""))
     return path.open(mode, encoding="utf-8", newline="")
 
 
