@@ -47,6 +47,9 @@ def worker_env(settings: Settings, model_dir: Path, **extra: str) -> dict[str, s
         "MODEL_DIR": str(model_dir),
         "MODEL_THREADS": "1",
         "WORKER_LOG_LEVEL": "INFO",
+        # The tests replay recorded logs with their own (2016, 2019) event times: those scores
+        # would all be stale, and triggers ignore stale scores. The staleness test sets it.
+        "SCORE_STALE_AFTER_S": "0",
     }
     return {**env, **extra}
 
