@@ -2,9 +2,12 @@
 
 For each snapshot whose top reason removes window events (k of them), compare the score drop
 from removing the top reason's events with the drop from removing k window events chosen at
-random (seeded). A faithful explanation names events that matter more than random ones:
-``mean_drop_top > mean_drop_random`` and ``top_beats_random`` (the share of sessions where
-it does) well above one half. Also measures the cost: explanation seconds per snapshot.
+random (seeded); a top reason that puts k events on an unknown product (``category:``) is
+compared with k random events put on unknown products. Context reasons have no random twin
+and are counted apart (``context_top``). A faithful explanation names events that matter
+more than random ones: ``mean_drop_top > mean_drop_random`` and ``top_beats_random`` (the
+share of sessions where it does) well above one half. Also measures the cost: explanation
+seconds per snapshot.
 """
 
 from __future__ import annotations
@@ -16,15 +19,38 @@ from typing import Any
 
 import numpy as np
 
-from stream_app.triggers.reasons import OcclusionExplainer, ScoresSnapshots, candidates
+from stream_app.triggers.reasons import (
+    Candidate,
+    OcclusionExplainer,
+    ScoresSnapshots,
+    anonymous_item,
+    candidates,
+    with_events_neutralised,
+    without_events,
+)
 from stream_app.windows import WindowSnapshot
 
 
 def random_removal(snapshot: WindowSnapshot, k: int, rng: random.Random) -> WindowSnapshot:
-    from stream_app.triggers.reasons import without_events
-
     chosen = {id(e) for e in rng.sample(list(snapshot.events), k)}
     return without_events(snapshot, lambda e: id(e) in chosen)
+
+
+def random_anonymised(snapshot: WindowSnapshot, k: int, rng: random.Random) -> WindowSnapshot:
+    chosen = {id(e) for e in rng.sample(list(snapshot.events), k)}
+    return with_events_neutralised(snapshot, lambda e: id(e) in chosen, anonymous_item)
+
+
+def _random_twin(
+    snapshot: WindowSnapshot, top: Candidate, rng: random.Random
+) -> WindowSnapshot | None:
+    """The same amount of change as ``top``, on random window events (None: no twin)."""
+    n = len(snapshot.events)
+    if 0 < top.removed_events < n:
+        return random_removal(snapshot, top.removed_events, rng)
+    if 0 < top.anonymised_events < n:
+        return random_anonymised(snapshot, top.anonymised_events, rng)
+    return None
 
 
 def faithfulness(
@@ -36,14 +62,17 @@ def faithfulness(
     explained = explainer.explain(snapshots)
     explain_s = time.perf_counter() - started
     pairs = []  # (snapshot, top variant, random variant)
+    context_top = 0
     for snapshot, reasons in zip(snapshots, explained, strict=True):
         if not reasons:
             continue
         top = next(c for c in candidates(snapshot) if c.code == reasons[0].code)
-        if 0 < top.removed_events < len(snapshot.events):
-            pairs.append((snapshot, top.variant, random_removal(snapshot, top.removed_events, rng)))
+        context_top += top.code.startswith("context:")
+        twin = _random_twin(snapshot, top, rng)
+        if twin is not None:
+            pairs.append((snapshot, top.variant, twin))
     if not pairs:
-        return {"sessions": len(snapshots), "compared": 0}
+        return {"sessions": len(snapshots), "compared": 0, "context_top": context_top}
     scores = np.asarray(scorer.score([s for p in pairs for s in p]), dtype=np.float64).reshape(
         -1, 3
     )
@@ -51,6 +80,7 @@ def faithfulness(
     return {
         "sessions": len(snapshots),
         "compared": len(pairs),
+        "context_top": context_top,
         "mean_score": round(float(scores[:, 0].mean()), 4),
         "mean_drop_top": round(float(drop_top.mean()), 4),
         "mean_drop_random": round(float(drop_random.mean()), 4),

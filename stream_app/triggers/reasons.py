@@ -58,6 +58,7 @@ class Candidate:
     text: str
     variant: WindowSnapshot  # the snapshot without this reason
     removed_events: int  # events taken out (0 for a neutralised fact)
+    anonymised_events: int = 0  # events kept but put on an unknown product
 
 
 def without_events(snapshot: WindowSnapshot, drop: Callable[[Event], bool]) -> WindowSnapshot:
@@ -83,6 +84,28 @@ def without_events(snapshot: WindowSnapshot, drop: Callable[[Event], bool]) -> W
             **(_recount(kept, agg) if whole else {}),
         ),
     )
+
+
+def with_events_neutralised(
+    snapshot: WindowSnapshot, select: Callable[[Event], bool], neutral: Callable[[Event], Event]
+) -> WindowSnapshot:
+    """The snapshot with the events ``select`` picks replaced by ``neutral(event)``: same
+    types, times and prices (so the counts stand), without what made them that event."""
+    if not any(select(e) for e in snapshot.events):
+        return snapshot
+    events = tuple(neutral(e) if select(e) else e for e in snapshot.events)
+    return dataclasses.replace(snapshot, events=events)
+
+
+def anonymous_item(event: Event) -> Event:
+    """``event`` on an unknown product: no id, title, category or brand (a fresh id keeps
+    "views of the same product" from merging the occluded events)."""
+    return dataclasses.replace(event, product_id=f"occluded-{event.event_id}", product_name="",
+                               category_id="", category_code="", brand="")  # fmt: skip
+
+
+def without_context(event: Event) -> Event:
+    return dataclasses.replace(event, device="", channel="", country="")
 
 
 def _cart_cents(events: Sequence[Event]) -> int:
@@ -151,7 +174,13 @@ def candidates(snapshot: WindowSnapshot) -> list[Candidate]:
         lambda e: e.event_type == "search",
     )
     for prefix in _top_prefixes(events, 2):
-        add(f"category:{prefix}", f"browsing {prefix}", _in_category(prefix))
+        # What the shopper looks at, not that they look: the events stay, their product
+        # becomes unknown (removing them would also remove the browsing itself).
+        in_category = _in_category(prefix)
+        variant = with_events_neutralised(snapshot, in_category, anonymous_item)
+        n = sum(1 for e in events if in_category(e))
+        found.append(Candidate(f"category:{prefix}", f"browsing {prefix}", variant, 0, n))
+    _add_context(snapshot, found)
     if events:
         newest = events[-1]
         add(
@@ -160,6 +189,19 @@ def candidates(snapshot: WindowSnapshot) -> list[Candidate]:
             lambda e: e is newest,
         )
     return found
+
+
+def _add_context(snapshot: WindowSnapshot, found: list[Candidate]) -> None:
+    """The session's context (device, traffic channel, country), when the shop sends it."""
+    newest = snapshot.events[-1] if snapshot.events else None
+    if newest is None or not (newest.channel or newest.device or newest.country):
+        return
+    parts = [f"via {newest.channel}" if newest.channel else "",
+             f"on {newest.device}" if newest.device else "",
+             f"from {newest.country}" if newest.country else ""]  # fmt: skip
+    code = f"context:{(newest.channel or newest.device or newest.country).lower()}"
+    variant = with_events_neutralised(snapshot, lambda e: True, without_context)
+    found.append(Candidate(code, "arrived " + " ".join(p for p in parts if p), variant, 0))
 
 
 def _add_cart_value(snapshot: WindowSnapshot, found: list[Candidate]) -> None:

@@ -221,11 +221,14 @@ def test_two_workers_one_killed_partitions_move_to_the_survivor(
 # --------------------------------------------------------------------------- 4. broken model
 
 
+ITEM_ENCODER = "item_encoder.onnx"  # the graph the broken-model tests replace
+
+
 def _model_copy(source: Path, target: Path) -> Path:
-    """A model directory sharing ``source``'s files (symlinks) except ``model.onnx``."""
+    """A model directory sharing ``source``'s files (symlinks) except ``ITEM_ENCODER``."""
     target.mkdir()
     for item in source.iterdir():
-        if item.name != "model.onnx":
+        if item.name != ITEM_ENCODER:
             (target / item.name).symlink_to(item.resolve())
     return target
 
@@ -234,7 +237,7 @@ def test_corrupt_model_file_stops_the_worker_at_start_naming_the_file(
     kafka_bootstrap: str, redis_url: str, model_dir: Path, tmp_path: Path
 ) -> None:
     broken = _model_copy(model_dir, tmp_path / "model")
-    (broken / "model.onnx").write_bytes(b"\x08\x07not a protobuf" * 64)
+    (broken / ITEM_ENCODER).write_bytes(b"\x08\x07not a protobuf" * 64)
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "REDIS_URL": redis_url,
            "MODEL_DIR": str(broken), "WORKER_WEB_PORT": "0"}  # fmt: skip
     done = subprocess.run(
@@ -247,7 +250,7 @@ def test_corrupt_model_file_stops_the_worker_at_start_naming_the_file(
     output = (done.stdout + done.stderr).decode(errors="replace")
     assert done.returncode != 0
     assert "cannot start worker" in output
-    assert str(broken / "model.onnx") in output
+    assert str(broken / ITEM_ENCODER) in output
 
 
 def _fixed_length_graph(source: Path, target: Path, length: int) -> None:
@@ -278,10 +281,11 @@ def test_inference_failing_at_run_time_dead_letters_the_sessions_and_keeps_runni
     kafka_bootstrap: str, redis_url: str, unique_name: str, model_dir: Path, tmp_path: Path
 ) -> None:
     broken = _model_copy(model_dir, tmp_path / "model")
-    _fixed_length_graph(model_dir / "model.onnx", broken / "model.onnx", length=16)
+    _fixed_length_graph(model_dir / ITEM_ENCODER, broken / ITEM_ENCODER, length=8)
     settings = stack_settings(kafka_bootstrap, redis_url, unique_name, PARTITIONS)
     env = worker_env(settings, broken, MODEL_RETRIES="2")
-    # Long queries pad to 32+ tokens (fails); a one-word query pads to 16 (works).
+    # The item encoder now accepts only 8 tokens: a long query pads to 32 (fails), a one-word
+    # query to 8 (works), as do the start-up warm-up and the failure policy's canary window.
     long_text = (
         "wireless noise cancelling bluetooth headphones with microphone for gaming and long "
         "distance travel"

@@ -225,13 +225,18 @@ def test_model_calls_timing_out_open_the_breaker_and_dead_letter_nothing(
 def test_only_the_session_the_model_cannot_score_is_dead_lettered(
     kafka_bootstrap: str, redis_url: str, unique_name: str, model_dir: Path, tmp_path: Path
 ) -> None:
-    from tests.integration.test_faults import _fixed_length_graph, _model_copy, _search
+    from tests.integration.test_faults import (
+        ITEM_ENCODER,
+        _fixed_length_graph,
+        _model_copy,
+        _search,
+    )
 
     broken = _model_copy(model_dir, tmp_path / "model")
-    _fixed_length_graph(model_dir / "model.onnx", broken / "model.onnx", length=16)
+    _fixed_length_graph(model_dir / ITEM_ENCODER, broken / ITEM_ENCODER, length=8)
     settings = stack_settings(kafka_bootstrap, redis_url, unique_name, PARTITIONS)
     env = worker_env(settings, broken, BATCH_MAX_WAIT_MS="400")
-    long_text = (  # pads to 32+ tokens: the fixed-length graph fails; "phone" pads to 16
+    long_text = (  # pads to 32 item tokens: the fixed-length graph fails; "phone" pads to 8
         "wireless noise cancelling bluetooth headphones with microphone for gaming and long "
         "distance travel"
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from model_export.heldout import heldout_users, write_heldout
 from stream_app.scoring.onnx_backend import OnnxScorer
 from stream_app.triggers.backtest import load_sessions
 from stream_app.triggers.faithfulness import faithfulness
@@ -23,8 +24,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 GA_MERCH = SHARED_DATA / "ga_merch" / "2016-Aug-Oct_users_a.csv.gz"
 
 
-def test_top_reason_matters_more_than_random_events(model_dir: Path) -> None:
+def test_top_reason_matters_more_than_random_events(model_dir: Path, tmp_path: Path) -> None:
     source = GA_MERCH if GA_MERCH.exists() else BUNDLED_SAMPLE
+    if source == GA_MERCH:
+        heldout = tmp_path / "ga_merch_heldout.csv.gz"
+        write_heldout(GA_MERCH, heldout, heldout_users(GA_MERCH))
+        source = heldout
     scorer = OnnxScorer(model_dir)
     sessions = load_sessions(source, max_sessions=600)
     snapshots = []
