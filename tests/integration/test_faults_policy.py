@@ -194,8 +194,11 @@ def test_model_calls_timing_out_open_the_breaker_and_dead_letter_nothing(
     nothing committed; a worker with a sane timeout then scores every session."""
     settings = stack_settings(kafka_bootstrap, redis_url, unique_name, PARTITIONS)
     topic, group = settings.kafka.events_topic, f"{unique_name}-app"
-    env = worker_env(settings, model_dir, MODEL_INFERENCE_TIMEOUT_S="0.001", MODEL_RETRIES="0",
-                     MODEL_BREAKER_FAILURES="2", MODEL_BREAKER_COOLDOWN_S="1")  # fmt: skip
+    # 1 µs: shorter than any model call, even one whose item texts an abandoned call has
+    # already cached (the item-sequence model scores a cached window in well under 1 ms).
+    env = worker_env(settings, model_dir, MODEL_INFERENCE_TIMEOUT_S="0.000001",
+                     MODEL_RETRIES="0", MODEL_BREAKER_FAILURES="2",
+                     MODEL_BREAKER_COOLDOWN_S="1")  # fmt: skip
     events = [_view(f"waits-{i}") for i in range(10)]
     with LocalStack(settings, worker_env=env, work_dir=tmp_path) as stack:
         stack.wait_healthy(assigned=True)
