@@ -404,6 +404,9 @@ def scaling_part(bench: Bench) -> None:
     log.info("scaling (MODEL_THREADS=1): %s", bench.results["scaling"])
 
 
+REFERENCE_BUDGET_MS = "100"
+
+
 def sweep_part(bench: Bench) -> None:
     """p50/p99 against offered live load, the size-only policy vs the deadline policy, each
     point a fresh worker on a fresh topic (same run, same machine)."""
@@ -412,7 +415,8 @@ def sweep_part(bench: Bench) -> None:
     budget = bench.args.worker_env.get(
         "SCORE_LATENCY_BUDGET_MS", str(ScoreSettings().latency_budget_ms)
     )
-    budgets = dict.fromkeys([budget, *(str(b) for b in args.sweep_budget)])
+    # The deadline policy is always compared, at REFERENCE_BUDGET_MS when the default is 0.
+    budgets = dict.fromkeys([budget, REFERENCE_BUDGET_MS, *(str(b) for b in args.sweep_budget)])
     policies = {"size-only": "0", **{f"deadline {b} ms": b for b in budgets if b != "0"}}
     sweep: list[dict[str, Any]] = []
     for fraction in args.sweep:

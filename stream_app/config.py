@@ -112,8 +112,11 @@ class ScoreSettings(BaseSettings):
 
     model_config = _env("SCORE_")
 
+    # 0 (size-only: score whatever waits, up to BATCH_MAX_SCORE_BATCH) by measurement: with
+    # the item-sequence model the 100 ms deadline policy had the higher p99 at every load of
+    # the 2026-12-07 benchmark sweep (bench/results/2026-12-07-2cpu.md).
     latency_budget_ms: int = Field(
-        default=100,
+        default=0,
         ge=0,
         le=60_000,
         description="target from an event's arrival to its score; 0 = score whatever waits at once",
