@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 from stream_app.config import Settings, load_settings
@@ -25,14 +27,16 @@ WORKERS = ("worker", "worker-gpu")
 _INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
 
-def settings_env_vars() -> set[str]:
+def settings_env_vars(keep: Callable[[FieldInfo], bool] = lambda field: True) -> set[str]:
+    """The environment variable of every setting (of those ``keep`` selects)."""
     names: set[str] = set()
     for field in Settings.model_fields.values():
         section = field.annotation
         assert isinstance(section, type)
         assert issubclass(section, BaseSettings)
         prefix = section.model_config.get("env_prefix", "")
-        names |= {f"{prefix}{name}".upper() for name in section.model_fields}
+        names |= {f"{prefix}{name}".upper() for name, f in section.model_fields.items()
+                  if keep(f)}  # fmt: skip
     return names
 
 

@@ -24,9 +24,8 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel, SecretStr
-from pydantic_settings import BaseSettings
 
-from stream_app.config import Settings, load_settings
+from stream_app.config import load_settings
 from tests.unit.test_deploy import NON_SETTINGS_VARS, settings_env_vars
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -239,27 +238,11 @@ def test_keda_scales_workers_on_their_group_lag_within_the_partitions(overlay: s
 
 
 def secret_env_vars() -> set[str]:
-    names = set()
-    for field in Settings.model_fields.values():
-        section = field.annotation
-        assert isinstance(section, type)
-        assert issubclass(section, BaseSettings)
-        prefix = section.model_config.get("env_prefix", "")
-        names |= {f"{prefix}{n}".upper() for n, f in section.model_fields.items()
-                  if f.annotation is SecretStr}  # fmt: skip
-    return names
+    return settings_env_vars(lambda field: field.annotation is SecretStr)
 
 
 def optional_path_vars() -> set[str]:
-    names = set()
-    for field in Settings.model_fields.values():
-        section = field.annotation
-        assert isinstance(section, type)
-        assert issubclass(section, BaseSettings)
-        prefix = section.model_config.get("env_prefix", "")
-        names |= {f"{prefix}{n}".upper() for n, f in section.model_fields.items()
-                  if f.default is None}  # fmt: skip
-    return names
+    return settings_env_vars(lambda field: field.default is None)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -5,27 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic_settings import BaseSettings
-
-from stream_app.config import Settings
+from tests.unit.test_deploy import settings_env_vars
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def env_names() -> set[str]:
-    names = set()
-    for field in Settings.model_fields.values():
-        group = field.annotation
-        assert isinstance(group, type)
-        assert issubclass(group, BaseSettings)
-        prefix = group.model_config.get("env_prefix", "")
-        names |= {f"{prefix}{name}".upper() for name in group.model_fields}
-    return names
-
-
 def test_every_setting_is_documented() -> None:
     documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", README.read_text()))
-    missing = env_names() - documented
+    missing = settings_env_vars() - documented
     assert not missing, f"README configuration table lacks {sorted(missing)}"
 
 
