@@ -175,6 +175,14 @@ def tls_options(settings: RedisSettings) -> dict[str, str]:
     return {key: str(value) for key, value in files.items() if value is not None}
 
 
+async def answers(client: RedisClient) -> bool:
+    """Redis replies to PING (an error of any kind means no: readiness, not diagnosis)."""
+    try:
+        return bool(await client.ping())
+    except redis_errors.RedisError:
+        return False
+
+
 def redis_client(settings: RedisSettings) -> RedisClient:
     """A redis.asyncio client for ``settings.url``: one node, Cluster or Sentinel."""
     url = settings.url.strip()

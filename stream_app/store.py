@@ -43,6 +43,7 @@ from stream_app.redis_connect import (
     RETRYABLE_ERRORS,
     RedisClient,
     StoreRetry,
+    answers,
     parse_redis_url,
     redis_client,
 )
@@ -344,10 +345,7 @@ class RedisSessionStore:
         return snapshot_from_reply(session_id, members, flat, n_prod, n_cat)
 
     async def ping(self) -> bool:
-        try:
-            return bool(await self._client.ping())
-        except redis_errors.RedisError:
-            return False
+        return await answers(self._client)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -20,7 +20,7 @@ from redis import exceptions as redis_errors
 from stream_app.errors import StoreUnavailable
 from stream_app.keys import session_tag
 from stream_app.metrics import REGISTRY
-from stream_app.redis_connect import RedisClient
+from stream_app.redis_connect import RedisClient, answers
 from stream_app.scores import ScoreRecord
 
 WRITE_SECONDS = Histogram(
@@ -159,10 +159,7 @@ class RedisLatestScores:
         return await self._get(self.user_key(user_id))
 
     async def ping(self) -> bool:
-        try:
-            return bool(await self._client.ping())
-        except redis_errors.RedisError:
-            return False
+        return await answers(self._client)
 
     async def close(self) -> None:
         await self._client.aclose()
