@@ -3,7 +3,9 @@
 ``ensure_topics`` is idempotent: topics that already exist are left as they are (a smaller
 partition count than asked for is logged, never changed: repartitioning a keyed topic moves
 sessions between partitions). ``read_all`` counts messages by *reading* them, because the
-embedded Tansu broker's reported high watermarks can lag behind what it has stored.
+embedded Tansu broker's reported high watermarks can lag behind what it has stored; it uses
+the watermarks only as a floor (what the broker already admitted to must be read before an
+idle pause may end the read).
 """
 
 from __future__ import annotations
@@ -152,7 +154,10 @@ def read_all(
 
     Uses ``assign()`` (no consumer-group join, so no rebalance delay). Stops when
     ``expected`` messages have been read, or, when ``expected`` is None, after ``idle_s``
-    without a new message; never later than ``timeout_s``.
+    without a new message *once every partition has been read up to the high watermark the
+    broker reported at the start* (a fresh consumer needs about a second for its first
+    fetch, so an idle clock that started at once would end a read of a non-empty topic
+    with nothing); never later than ``timeout_s``.
     """
     partitions = wait_for_topics(bootstrap, [topic], config=config, timeout_s=timeout_s)[topic]
     consumer = Consumer(
@@ -164,22 +169,60 @@ def read_all(
         }
     )
     try:
+        floor = high_watermarks(consumer, topic, partitions, timeout_s)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        return _drain(consumer, timeout_s, expected, idle_s)
+        return drain(consumer, timeout_s, expected, idle_s, floor)
     finally:
         consumer.close()
 
 
-def _drain(
-    consumer: Consumer, timeout_s: float, expected: int | None, idle_s: float
+def high_watermarks(
+    consumer: Consumer, topic: str, partitions: int, timeout_s: float
+) -> dict[int, int]:
+    """partition -> the high watermark the broker reports now (0 where it cannot say).
+
+    Tansu's watermarks can lag what it has stored, so they are a floor to read up to,
+    never a count to stop at."""
+    ends: dict[int, int] = {}
+    for partition in range(partitions):
+        try:
+            _, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=min(timeout_s, 10.0)
+            )
+        except KafkaException as exc:  # no floor for this partition: the idle rule alone
+            log.debug("read_all: no watermark for %s[%d]: %s", topic, partition, exc)
+            high = 0
+        ends[partition] = max(high, 0)
+    return ends
+
+
+def _caught_up(messages: list[Message], floor: Mapping[int, int]) -> set[int]:
+    """The partitions these messages show read up to their floor."""
+    done = set()
+    for message in messages:
+        partition, offset = message.partition(), message.offset()
+        if partition is not None and offset is not None and offset + 1 >= floor.get(partition, 0):
+            done.add(partition)
+    return done
+
+
+def drain(
+    consumer: Consumer,
+    timeout_s: float,
+    expected: int | None,
+    idle_s: float,
+    floor: Mapping[int, int],
 ) -> list[Message]:
+    """Consume from an assigned ``consumer`` by ``read_all``'s stopping rule."""
     messages: list[Message] = []
     deadline = time.monotonic() + timeout_s
     last_message_at = time.monotonic()
+    behind = {partition for partition, end in floor.items() if end > 0}
     while time.monotonic() < deadline:
         if expected is not None and len(messages) >= expected:
             break
-        if expected is None and time.monotonic() - last_message_at > idle_s:
+        idle = time.monotonic() - last_message_at > idle_s
+        if expected is None and idle and not behind:
             break
         batch = consumer.consume(num_messages=1000, timeout=0.2)
         good = [m for m in batch if m.error() is None]
@@ -189,4 +232,5 @@ def _drain(
         if good:
             messages.extend(good)
             last_message_at = time.monotonic()
+            behind -= _caught_up(good, floor)
     return messages

@@ -16,7 +16,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from stream_app.config import KafkaSettings
-from stream_app.topics import _drain, security_config, wait_for_topics
+from stream_app.topics import drain, high_watermarks, security_config, wait_for_topics
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,13 @@ class PublishedLookup:
              "group.id": f"trigger-lookup-{uuid.uuid4().hex}", "enable.auto.commit": False}
         )  # fmt: skip
         try:
-            consumer.assign(self._start(consumer, topic, parts, since_ms - MARGIN_MS))
-            messages = _drain(consumer, self._timeout_s, None, self._idle_s)
+            start = self._start(consumer, topic, parts, since_ms - MARGIN_MS)
+            ends = high_watermarks(consumer, topic, parts, self._timeout_s)
+            # Read at least up to what the broker reports, where there is anything to read.
+            floor = {tp.partition: 0 if tp.offset == OFFSET_END else ends[tp.partition]
+                     for tp in start}  # fmt: skip
+            consumer.assign(start)
+            messages = drain(consumer, self._timeout_s, None, self._idle_s, floor)
         finally:
             consumer.close()
         found = set()

@@ -119,6 +119,23 @@ def test_read_all_stops_when_idle_on_an_empty_topic(kafka_bootstrap: str, unique
     assert time.monotonic() - started < 10
 
 
+def test_read_all_with_a_short_idle_pause_still_reads_what_is_there(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    """A fresh consumer's first fetch takes about a second; an idle pause shorter than
+    that must not end the read of a topic that holds messages (it used to return [] and
+    made the tests that poll the scores topic time out now and then)."""
+    ensure_topics(kafka_bootstrap, {unique_name: 2})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for value in (b"first", b"second"):  # one partition full, the other empty
+        producer.produce(unique_name, value, partition=0)
+    assert producer.flush(10) == 0
+
+    for _ in range(3):
+        messages = read_all(kafka_bootstrap, unique_name, timeout_s=20, idle_s=0.2)
+        assert [m.value() for m in messages] == [b"first", b"second"]
+
+
 @pytest.mark.timeout(120)
 async def test_aiokafka_consumer_group_joins_quickly(
     kafka_bootstrap: str, unique_name: str, record_property: Callable[[str, object], None]

@@ -58,3 +58,37 @@ def test_triggers_worker_fires_exactly_the_expected_triggers_with_reasons(
     assert all(r.fired_at >= r.scored_at for r in published)
     assert status == 200
     assert b"intent_trigger_decisions_total" in body
+
+
+def test_published_lookup_finds_triggers_already_on_the_topic(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    """Crash recovery asks "was this reserved trigger published?"; a wrong "no" sends the
+    trigger twice. With a short idle pause the lookup must still read up to what the broker
+    holds, and a partition with nothing after the reservation time (read from its end)
+    must not hold it up until the timeout."""
+    import time
+
+    import orjson
+    from confluent_kafka import Producer
+
+    from stream_app.config import KafkaSettings
+    from stream_app.topics import ensure_topics
+    from stream_app.triggers.lookup import PublishedLookup
+
+    topic = f"{unique_name}-trg"
+    ensure_topics(kafka_bootstrap, {topic: 3})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    now_ms = int(time.time() * 1000)
+    old_ms = now_ms - 3_600_000  # long before the reservation: partition 2 has only this
+    producer.produce(topic, orjson.dumps({"trigger_id": "old"}), partition=2, timestamp=old_ms)
+    for trigger_id in ("t-1", "t-2"):
+        producer.produce(topic, orjson.dumps({"trigger_id": trigger_id}), partition=0)
+    assert producer.flush(10) == 0
+
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, triggers_topic=topic)
+    lookup = PublishedLookup(kafka, idle_s=0.2, timeout_s=20)
+    for _ in range(3):
+        started = time.monotonic()
+        assert lookup.find({"t-1", "t-2", "t-3"}, since_ms=now_ms) == {"t-1", "t-2"}
+        assert time.monotonic() - started < 10
