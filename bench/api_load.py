@@ -30,10 +30,10 @@ import numpy as np
 import orjson
 
 from stream_app.api.latest import RedisLatestScores
-from stream_app.config import RedisSettings
-from stream_app.embedded import EmbeddedRedis, free_port
-from stream_app.redis_connect import redis_client
-from stream_app.scores import ScoreRecord
+from stream_app.core.config import RedisSettings
+from stream_app.core.redis_connect import redis_client
+from stream_app.local.embedded import EmbeddedRedis, free_port
+from stream_app.scoring.scores import ScoreRecord
 
 TOKEN = "bench-token-0123456789"  # noqa: S105 - a throwaway loopback token
 

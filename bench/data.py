@@ -11,8 +11,8 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
+from stream_app.ingest.sources import iter_messages
 from stream_app.replay.timing import RawMessage, Schedule, SystemClock, TimingConfig
-from stream_app.sources import iter_messages
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_LOG = REPO.parent / "shared/data/rees46_multicategory/2019-Oct_head_users_a.csv"

@@ -12,10 +12,10 @@ from __future__ import annotations
 import faust
 
 from stream_app.app import build_faust_app
-from stream_app.config import Settings, load_settings
-from stream_app.errors import InvalidEvent
-from stream_app.events import EventLimits, parse_event
-from stream_app.pipeline import wall_clock_ms
+from stream_app.core.config import Settings, load_settings
+from stream_app.core.errors import InvalidEvent
+from stream_app.ingest.events import EventLimits, parse_event
+from stream_app.serving.pipeline import wall_clock_ms
 
 
 def create_consume_app(settings: Settings) -> faust.App:

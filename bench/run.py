@@ -45,15 +45,21 @@ from bench.plot import latency_vs_load
 from bench.probes import GroupProgress, scrape
 from bench.report import markdown, targets
 from bench.stages import Drain, Proc, drain, worker_proc
-from stream_app.config import BatchSettings, KafkaSettings, ModelSettings, ScoreSettings, Settings
-from stream_app.deadline import RELEASE_REASONS
+from stream_app.core.config import (
+    BatchSettings,
+    KafkaSettings,
+    ModelSettings,
+    ScoreSettings,
+    Settings,
+)
+from stream_app.core.topics import ensure_topics, read_all
+from stream_app.local.stack import LocalStack
 from stream_app.replay.report import report_dict
 from stream_app.replay.runner import ReplayConfig, run_replay
 from stream_app.replay.timing import RawMessage, TimingConfig
-from stream_app.scores import ScoreRecord
-from stream_app.stack import LocalStack
-from stream_app.topics import ensure_topics, read_all
-from stream_app.windows import WindowRules, WindowSnapshot, expected_window
+from stream_app.scoring.scores import ScoreRecord
+from stream_app.serving.deadline import RELEASE_REASONS
+from stream_app.sessions.windows import WindowRules, WindowSnapshot, expected_window
 
 log = logging.getLogger("bench")
 PARTITIONS = 8
@@ -170,7 +176,7 @@ class Bench:
 
     def scored_windows(self, scores_topic: str, limit: int) -> list[WindowSnapshot]:
         """The windows the worker scored, rebuilt from its score records and the log."""
-        from stream_app.events import parse_event
+        from stream_app.ingest.events import parse_event
 
         records = [
             ScoreRecord.from_json(m.value() or b"")

@@ -27,9 +27,9 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream_app.config import KafkaSettings, Settings
-from stream_app.sources import iter_messages
-from stream_app.stack import LocalStack, WorkerProcess
+from stream_app.core.config import KafkaSettings, Settings
+from stream_app.ingest.sources import iter_messages
+from stream_app.local.stack import LocalStack, WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_LOG = REPO.parent / "shared/data/rees46_multicategory/2019-Oct_head_users_a.csv"

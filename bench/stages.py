@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.probes import GroupProgress, Sample, Sampler, slope
-from stream_app.embedded import free_port
-from stream_app.stack import WorkerProcess
+from stream_app.local.embedded import free_port
+from stream_app.local.stack import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 

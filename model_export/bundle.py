@@ -29,7 +29,7 @@ from model_export.export_onnx import (
     export_item_encoder,
     export_session_model,
 )
-from stream_app.errors import ModelLoadError
+from stream_app.core.errors import ModelLoadError
 from stream_app.scoring.locate import (
     cache_root,
     default_encoder_dir,
@@ -188,8 +188,8 @@ def untrained_model_dir(
     import torch
 
     from model_export.model import build_encoder
-    from stream_app.features import CONTEXT_FIELDS
     from stream_app.scoring.inputs import InputSpec
+    from stream_app.sessions.features import CONTEXT_FIELDS
 
     encoder_dir = Path(encoder_dir) if encoder_dir is not None else default_encoder_dir()
     torch.manual_seed(seed)

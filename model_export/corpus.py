@@ -25,7 +25,7 @@ from model_export.tables import (
     context_vocab,
     store_examples,
 )
-from stream_app.events import Event
+from stream_app.ingest.events import Event
 from stream_app.scoring.inputs import DEFAULT_MAX_EVENTS, InputSpec
 from stream_app.scoring.rates import RatesTable
 

@@ -4,13 +4,13 @@ Sources (one interface, ``load_dataset(path)``):
 - REES46 CSV (``.csv`` or ``.csv.gz``, original header), or a JSONL recording of our schema.
 - DIGINETICA directory (views + purchases + product categories). No text fields exist, so its
   session text carries only event types; it is an out-of-domain evaluation set.
-Both are read through ``stream_app.sources`` and the worker's ``parse_event`` (ids derived from
-the content as the worker derives them, so the dataset's exact duplicate rows collapse like a
+Both are read through ``stream_app.ingest.sources`` and the worker's ``parse_event`` (ids derived
+from the content as the worker derives them, so the dataset's exact duplicate rows collapse like a
 replayed duplicate would).
 
 Examples: for each session, every prefix up to (not including) its first purchase, labelled 1
 if the session goes on to buy, else 0. Prefix snapshots are built by replaying the session
-through ``stream_app.windows.apply_events``, the rules the live worker applies
+through ``stream_app.sessions.windows.apply_events``, the rules the live worker applies
 (``snapshots_for_session``).
 
 Right-censoring (REES46 is a time slice that stops mid-traffic): a session whose last event
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from stream_app.errors import InvalidEvent
-from stream_app.events import Event, parse_event
-from stream_app.features import DEFAULT_TEXT_EVENTS, behaviour_matrix, session_text
-from stream_app.sources import iter_messages
-from stream_app.windows import WindowRules, WindowSnapshot, WindowState, apply_events
+from stream_app.core.errors import InvalidEvent
+from stream_app.ingest.events import Event, parse_event
+from stream_app.ingest.sources import iter_messages
+from stream_app.sessions.features import DEFAULT_TEXT_EVENTS, behaviour_matrix, session_text
+from stream_app.sessions.windows import WindowRules, WindowSnapshot, WindowState, apply_events
 
 DEFAULT_CENSOR_MINUTES = 5.0
 
@@ -69,9 +69,10 @@ class Example:
 def iter_log_events(path: Path) -> Iterator[Event]:
     """The events of a recorded log exactly as the live worker parses them.
 
-    The log is turned into the Kafka messages a replay would send (``stream_app.sources``) and
-    each message goes through the worker's own ``parse_event``, so ids, times and field
-    normalisation cannot drift between training and serving. Messages the worker would
+    The log is turned into the Kafka messages a replay would send
+    (``stream_app.ingest.sources``) and each message goes through the worker's own
+    ``parse_event``, so ids, times and field normalisation cannot drift between training and
+    serving. Messages the worker would
     dead-letter are skipped here too.
     """
     now_ms = time.time_ns() // 1_000_000
@@ -129,7 +130,7 @@ def load_dataset(path: str | Path, censor_minutes: float | None = None) -> Datas
 def snapshots_for_session(events: list[Event], rules: WindowRules) -> list[WindowSnapshot]:
     """The snapshot the live worker holds after each accepted event of an in-order replay.
 
-    Uses ``stream_app.windows.apply_events`` one event at a time, exactly as the worker's
+    Uses ``stream_app.sessions.windows.apply_events`` one event at a time, exactly as the worker's
     store does, so training sees the same snapshots (dedup, trimming, aggregates) as serving.
     A duplicate or rejected event yields no new snapshot.
     """

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream_app.errors import ConfigError
+from stream_app.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

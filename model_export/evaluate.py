@@ -40,8 +40,8 @@ from model_export.corpus import load_corpus, sample_prefixes, store_name
 from model_export.data import Example, build_examples, load_dataset
 from model_export.metrics import metrics as weighted_metrics
 from model_export.tables import ExampleTable, build_table
-from stream_app.errors import ConfigError, ModelLoadError
-from stream_app.inputs import check_event_log, check_output_file, check_positive
+from stream_app.core.errors import ConfigError, ModelLoadError
+from stream_app.ingest.inputs import check_event_log, check_output_file, check_positive
 
 log = logging.getLogger("model_export.evaluate")
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stream_app.errors import ModelLoadError
-from stream_app.features import EVENT_NUMERIC_NAMES, N_EVENT_TYPES
+from stream_app.core.errors import ModelLoadError
 from stream_app.scoring.network import ItemEncoder, SessionModel
 from stream_app.scoring.onnx_backend import create_session, run_items, run_session_model
 from stream_app.scoring.preprocess import ITEM_INPUTS, SESSION_INPUTS, pad_tokens
+from stream_app.sessions.features import EVENT_NUMERIC_NAMES, N_EVENT_TYPES
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_app.errors import ConfigError, ModelLoadError
+from stream_app.core.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger("gpu_check")
 

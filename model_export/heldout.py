@@ -20,8 +20,8 @@ from typing import IO, cast
 
 from model_export.corpus import DEFAULT_TEST_FRACTION, SPLIT_SEED
 from model_export.data import load_dataset, split_by_user
-from stream_app.errors import ConfigError
-from stream_app.inputs import check_event_log, check_output_file
+from stream_app.core.errors import ConfigError
+from stream_app.ingest.inputs import check_event_log, check_output_file
 
 
 def heldout_users(path: Path, test_fraction: float = DEFAULT_TEST_FRACTION) -> frozenset[str]:

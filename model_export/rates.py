@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from model_export.tables import ExampleTable
-from stream_app.events import Event
+from stream_app.ingest.events import Event
 from stream_app.scoring.rates import RatesTable
-from stream_app.windows import category_of
+from stream_app.sessions.windows import category_of
 
 DEFAULT_STRENGTH = 20.0
 

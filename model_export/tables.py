@@ -15,10 +15,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from model_export.data import Dataset, Example, build_examples, sessions_of, user_key
-from stream_app.features import CONTEXT_FIELDS, context_values, item_text, price_bucket
 from stream_app.scoring.inputs import InputSpec, static_features, window_sequence
 from stream_app.scoring.rates import rate_keys
-from stream_app.windows import WindowRules, WindowSnapshot
+from stream_app.sessions.features import CONTEXT_FIELDS, context_values, item_text, price_bucket
+from stream_app.sessions.windows import WindowRules, WindowSnapshot
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def build_table(
 
 
 def _empty_table(spec: InputSpec) -> ExampleTable:
-    from stream_app.features import EVENT_NUMERIC_NAMES
+    from stream_app.sessions.features import EVENT_NUMERIC_NAMES
 
     k, none = spec.max_events, np.zeros(0, dtype=object)
     return ExampleTable(

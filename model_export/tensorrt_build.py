@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stream_app.errors import ModelLoadError
+from stream_app.core.errors import ModelLoadError
 from stream_app.scoring.model_dir import ModelMetadata, load_metadata, write_metadata
 from stream_app.scoring.tensorrt_backend import (
     ENGINES,
@@ -301,7 +301,7 @@ def check_parity(model_dir: Path, n_sessions: int = 300) -> float:
 def sample_windows(n: int) -> list[Any]:
     """Window snapshots of the first ``n`` sessions of the bundled demo log."""
     from model_export.data import group_sessions, iter_log_events, snapshots_for_session
-    from stream_app.windows import WindowRules
+    from stream_app.sessions.windows import WindowRules
 
     sample = Path(__file__).resolve().parents[1] / "stream_app" / "demo_data"
     sessions = group_sessions(iter_log_events(sample / "rees46_2019-Oct_sample.csv"))

@@ -35,8 +35,8 @@ from model_export.item_cache import ITEM_MAX_TOKENS, ItemTable, item_table
 from model_export.metrics import both_weightings
 from model_export.model import build_encoder, load_encoder, save_weights
 from model_export.select import DEFAULT_EVENTS, PER_SESSION, Candidate, cross_validate, rows_for
-from stream_app.errors import ConfigError
-from stream_app.inputs import check_event_log
+from stream_app.core.errors import ConfigError
+from stream_app.ingest.inputs import check_event_log
 from stream_app.scoring.network import ItemEncoder
 
 log = logging.getLogger("model_export.train")

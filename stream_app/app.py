@@ -24,16 +24,16 @@ from typing import Any, cast
 import faust
 from faust.web import Request, Response, View
 
-from stream_app import metrics
-from stream_app.acks import OrderedAcks
 from stream_app.api.latest import LatestScores
-from stream_app.config import Settings
-from stream_app.lifecycle import Lifecycle
-from stream_app.pipeline import InMessage, Pipeline, Scorer
-from stream_app.probes import liveness, readiness
-from stream_app.scores import ScoreRecord
-from stream_app.security import faust_credentials
-from stream_app.store import SessionStore
+from stream_app.core import metrics
+from stream_app.core.config import Settings
+from stream_app.core.security import faust_credentials
+from stream_app.scoring.scores import ScoreRecord
+from stream_app.serving.acks import OrderedAcks
+from stream_app.serving.lifecycle import Lifecycle
+from stream_app.serving.pipeline import InMessage, Pipeline, Scorer
+from stream_app.serving.probes import liveness, readiness
+from stream_app.sessions.store import SessionStore
 from stream_app.triggers.engine import TriggerRecord
 from stream_app.triggers.worker import TriggerParts
 

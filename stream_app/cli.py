@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from stream_app.extras import MissingExtra, require_extra
+from stream_app.core.extras import MissingExtra, require_extra
 
 # Nothing may be fetched from a model hub at run time: weights come from disk only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,7 +29,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _triggers(args: argparse.Namespace) -> int:
-    from stream_app.triggers.worker import run_triggers
+    from stream_app.worker import run_triggers
 
     return run_triggers()
 
@@ -43,14 +43,14 @@ def _api(args: argparse.Namespace) -> int:
 
 def _backtest(args: argparse.Namespace) -> int:
     require_extra("plot", "intent-stream backtest (its plot)")
-    from stream_app.triggers.backtest import main_backtest
+    from stream_app.replay.backtest import main_backtest
 
     return main_backtest(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
     require_extra("demo", "intent-stream demo")
-    from stream_app.demo import run_demo
+    from stream_app.local.demo import run_demo
 
     return run_demo(args)
 
@@ -66,8 +66,8 @@ def _replay(args: argparse.Namespace) -> int:
 def _build_model(args: argparse.Namespace) -> int:
     require_extra("train", "intent-stream build-model")
     from model_export.bundle import WEIGHTS_DIR, build_model_dir
-    from stream_app.errors import ModelLoadError
-    from stream_app.logs import configure_logging
+    from stream_app.core.errors import ModelLoadError
+    from stream_app.core.logs import configure_logging
 
     configure_logging("INFO")
     out = Path(args.out) if args.out else None
@@ -86,8 +86,8 @@ def _build_model(args: argparse.Namespace) -> int:
 
 def _build_engines(args: argparse.Namespace) -> int:
     from model_export.engine_cache import run
-    from stream_app.errors import IntentStreamError
-    from stream_app.logs import configure_logging
+    from stream_app.core.errors import IntentStreamError
+    from stream_app.core.logs import configure_logging
 
     configure_logging("INFO")
     try:
@@ -127,8 +127,8 @@ def _prechecked(
     command: str, argv: Sequence[str], logs: Sequence[str], outputs: Sequence[str] = ()
 ) -> bool:
     """Arguments checked before the sub-command imports torch (seconds on a busy machine)."""
-    from stream_app.errors import ConfigError
-    from stream_app.inputs import precheck_cli
+    from stream_app.core.errors import ConfigError
+    from stream_app.ingest.inputs import precheck_cli
 
     try:
         precheck_cli(argv, logs=logs, outputs=outputs)

@@ -1,4 +1,5 @@
-"""``intent-stream worker``: settings -> model -> store -> Faust worker."""
+"""The worker processes: ``intent-stream worker`` (settings -> model -> store -> Faust worker)
+and ``intent-stream triggers`` (settings -> rules, trigger state, reasons -> Faust worker)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import faust
 
 from stream_app.api.latest import InMemoryLatestScores, LatestScores, RedisLatestScores
 from stream_app.app import create_app
-from stream_app.config import Settings, load_settings
-from stream_app.errors import ConfigError, ModelLoadError
-from stream_app.lifecycle import Lifecycle
-from stream_app.logs import configure_logging, worker_logging_config
-from stream_app.preflight import check_broker, check_tls_files, run_checks
-from stream_app.redis_connect import redis_client
+from stream_app.core.config import Settings, load_settings
+from stream_app.core.errors import ConfigError, ModelLoadError
+from stream_app.core.logs import configure_logging, worker_logging_config
+from stream_app.core.redis_connect import redis_client
 from stream_app.scoring import load_scorer, require_backend_packages
-from stream_app.store import MEMORY_SCHEME, RedisSessionStore, create_store
-from stream_app.windows import WindowRules
+from stream_app.serving.lifecycle import Lifecycle
+from stream_app.serving.preflight import check_broker, check_tls_files, run_checks
+from stream_app.sessions.store import MEMORY_SCHEME, RedisSessionStore, create_store
+from stream_app.sessions.windows import WindowRules
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +94,24 @@ def run_worker() -> int:
         status = 0
     lifecycle.finished()
     return lifecycle.exit_code or status
+
+
+def run_triggers() -> int:
+    from stream_app.app import create_triggers_app
+    from stream_app.triggers.worker import build_parts
+
+    try:
+        settings = load_settings()
+        configure_logging(settings.worker.log_level, settings.worker.log_json)
+        app = create_triggers_app(settings, parts=build_parts(settings))
+    except (ConfigError, ModelLoadError) as exc:
+        log.error("cannot start the triggers worker: %s", exc)
+        return 2
+    worker = faust.Worker(
+        app,
+        loglevel=settings.worker.log_level.lower(),
+        quiet=True,
+        logging_config=worker_logging_config(settings.worker.log_level, settings.worker.log_json),
+    )
+    worker.execute_from_commandline()
+    return 0

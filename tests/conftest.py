@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stream_app.embedded import EmbeddedBroker, EmbeddedRedis
+from stream_app.local.embedded import EmbeddedBroker, EmbeddedRedis
 
 # Generous: the CI machine has 2 cores shared with other jobs.
 SERVER_START_TIMEOUT_S = 30.0

@@ -19,8 +19,8 @@ import numpy as np
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
-from stream_app.config import KafkaSettings
-from stream_app.topics import security_config, wait_for_topics
+from stream_app.core.config import KafkaSettings
+from stream_app.core.topics import security_config, wait_for_topics
 
 log = logging.getLogger(__name__)
 

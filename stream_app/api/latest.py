@@ -17,11 +17,11 @@ import orjson
 from prometheus_client import Counter, Histogram
 from redis import exceptions as redis_errors
 
-from stream_app.errors import StoreUnavailable
-from stream_app.keys import session_tag
-from stream_app.metrics import REGISTRY
-from stream_app.redis_connect import RedisClient, answers
-from stream_app.scores import ScoreRecord
+from stream_app.core.errors import StoreUnavailable
+from stream_app.core.keys import session_tag
+from stream_app.core.metrics import REGISTRY
+from stream_app.core.redis_connect import RedisClient, answers
+from stream_app.scoring.scores import ScoreRecord
 
 WRITE_SECONDS = Histogram(
     "intent_latest_write_seconds",

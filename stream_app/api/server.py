@@ -28,13 +28,13 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
-from stream_app import metrics
 from stream_app.api.feed import DashboardState, TopicFeed
 from stream_app.api.latest import LatestScore, LatestScores
-from stream_app.config import RedisSettings, Settings
-from stream_app.errors import StoreUnavailable
-from stream_app.privacy import Pseudonymizer
-from stream_app.redis_connect import RedisClient
+from stream_app.core import metrics
+from stream_app.core.config import RedisSettings, Settings
+from stream_app.core.errors import StoreUnavailable
+from stream_app.core.redis_connect import RedisClient
+from stream_app.ingest.privacy import Pseudonymizer
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def pooled_client(settings: RedisSettings) -> RedisClient:
     Sentinel clients as ``redis_connect`` builds them."""
     from redis.asyncio import BlockingConnectionPool, Redis
 
-    from stream_app.redis_connect import connection_options, parse_redis_url, redis_client
+    from stream_app.core.redis_connect import connection_options, parse_redis_url, redis_client
 
     target = parse_redis_url(settings.url.strip())
     if target.topology != "single":
@@ -239,7 +239,7 @@ def pooled_client(settings: RedisSettings) -> RedisClient:
 
 def build_api(settings: Settings) -> FastAPI:
     from stream_app.api.latest import RedisLatestScores
-    from stream_app.errors import ConfigError
+    from stream_app.core.errors import ConfigError
 
     if settings.redis.embedded or settings.redis.url.startswith("memory://"):
         raise ConfigError("REDIS_URL must name a Redis for the read API")
@@ -256,9 +256,9 @@ def build_api(settings: Settings) -> FastAPI:
 def run_api() -> int:
     import uvicorn
 
-    from stream_app.config import load_settings
-    from stream_app.errors import ConfigError
-    from stream_app.logs import configure_logging
+    from stream_app.core.config import load_settings
+    from stream_app.core.errors import ConfigError
+    from stream_app.core.logs import configure_logging
 
     try:
         settings = load_settings()

@@ -14,9 +14,9 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from stream_app.config import KafkaSettings
+from stream_app.core.config import KafkaSettings
+from stream_app.core.topics import ensure_topics, security_config
 from stream_app.replay.producer import kafka_client_config
-from stream_app.topics import ensure_topics, security_config
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from stream_app.config import KafkaSettings
-from stream_app.topics import LIBRDKAFKA_LOGGER, security_config
+from stream_app.core.config import KafkaSettings
+from stream_app.core.topics import LIBRDKAFKA_LOGGER, security_config
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream_app.config import KafkaSettings, Settings, load_settings
-from stream_app.errors import ConfigError
-from stream_app.events import DEFAULT_LIMITS, EventLimits
-from stream_app.inputs import check_event_log, check_output_file, check_positive
-from stream_app.preflight import check_broker, check_tls_files
+from stream_app.core.config import KafkaSettings, Settings, load_settings
+from stream_app.core.errors import ConfigError
+from stream_app.ingest.events import DEFAULT_LIMITS, EventLimits
+from stream_app.ingest.inputs import check_event_log, check_output_file, check_positive
 from stream_app.replay.consumer import LagSampler, open_results_consumer, prepare_topics
 from stream_app.replay.producer import Compression, Delivered, EventProducer
 from stream_app.replay.report import ReplayResult
@@ -35,8 +34,9 @@ from stream_app.replay.timing import (
     TimingConfig,
 )
 from stream_app.replay.tracker import ScoreTracker
-from stream_app.scores import ScoreRecord
-from stream_app.windows import WindowRules
+from stream_app.scoring.scores import ScoreRecord
+from stream_app.serving.preflight import check_broker, check_tls_files
+from stream_app.sessions.windows import WindowRules
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ ProgressCallback = Callable[[ReplayProgress], None]
 def _open_source(source: Path | SourceFactory) -> SourceFactory:
     if callable(source):
         return source
-    from stream_app.sources import iter_messages
+    from stream_app.ingest.sources import iter_messages
 
     return lambda: iter_messages(source)
 
@@ -383,7 +383,7 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
 def _session_alias(settings: Settings) -> Callable[[str], str]:
     if not settings.privacy.enabled:
         return str
-    from stream_app.privacy import Pseudonymizer
+    from stream_app.ingest.privacy import Pseudonymizer
 
     return Pseudonymizer(settings.privacy.pseudonymize_key.get_secret_value()).pseudonym
 
@@ -458,7 +458,7 @@ def main_replay(args: argparse.Namespace) -> int:
         args.report_json.parent.mkdir(parents=True, exist_ok=True)
         args.report_json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     if getattr(args, "triggers", False):
-        from stream_app.triggers.live import replay_trigger_report
+        from stream_app.replay.trigger_report import replay_trigger_report
 
         triggers = replay_trigger_report(args.log, config.kafka, config.timing.run_tag)
         print(orjson.dumps(triggers, option=orjson.OPT_INDENT_2).decode())

@@ -46,8 +46,8 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-from stream_app.errors import InvalidEvent
-from stream_app.events import EventLimits, parse_event
+from stream_app.core.errors import InvalidEvent
+from stream_app.ingest.events import EventLimits, parse_event
 
 TimeMode = Literal["compress", "shift", "send", "keep"]
 TIME_MODES: tuple[TimeMode, ...] = ("compress", "shift", "send", "keep")

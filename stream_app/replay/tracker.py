@@ -21,12 +21,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from stream_app import dlq
-from stream_app.errors import InvalidEvent
-from stream_app.events import DEFAULT_LIMITS, EventLimits, parse_event
+from stream_app.core.errors import InvalidEvent
+from stream_app.ingest import dlq
+from stream_app.ingest.events import DEFAULT_LIMITS, EventLimits, parse_event
 from stream_app.replay.producer import Delivered
-from stream_app.scores import ScoreRecord
-from stream_app.windows import ACCEPTED, DUPLICATE, LATE, OVERFLOW, WindowRules, classify
+from stream_app.scoring.scores import ScoreRecord
+from stream_app.sessions.windows import ACCEPTED, DUPLICATE, LATE, OVERFLOW, WindowRules, classify
 
 _NO_ALIAS: Callable[[str], str] = str
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from stream_app.errors import ModelLoadError
-from stream_app.extras import require_extra
+from stream_app.core.errors import ModelLoadError
+from stream_app.core.extras import require_extra
 
 if TYPE_CHECKING:
-    from stream_app.config import ModelSettings
-    from stream_app.windows import WindowSnapshot
+    from stream_app.core.config import ModelSettings
+    from stream_app.sessions.windows import WindowSnapshot
 
 __all__ = ["Scorer", "load_scorer", "resolve_model_dir"]
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_app.features import (
+from stream_app.scoring.rates import RATE_FEATURE_NAMES, RatesTable
+from stream_app.sessions.features import (
     CONTEXT_FIELDS,
     EVENT_NUMERIC_NAMES,
     EVENT_TYPE_IDS,
@@ -30,8 +31,7 @@ from stream_app.features import (
     item_text,
     last_product_features,
 )
-from stream_app.scoring.rates import RATE_FEATURE_NAMES, RatesTable
-from stream_app.windows import WindowSnapshot
+from stream_app.sessions.windows import WindowSnapshot
 
 DEFAULT_MAX_EVENTS = 16
 EMPTY, OTHER = "<empty>", "<other>"

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from stream_app.errors import ModelLoadError
+from stream_app.core.errors import ModelLoadError
 
 # Bump when the directory layout or export procedure changes: invalidates every cache entry.
 BUNDLE_FORMAT = "2"

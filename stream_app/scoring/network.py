@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stream_app.features import EVENT_NUMERIC_NAMES, N_EVENT_TYPES
+from stream_app.sessions.features import EVENT_NUMERIC_NAMES, N_EVENT_TYPES
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

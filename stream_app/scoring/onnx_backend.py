@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stream_app.errors import ModelLoadError
+from stream_app.core.errors import ModelLoadError
 from stream_app.scoring.item_cache import DEFAULT_CAPACITY, ItemEmbeddingCache
 from stream_app.scoring.model_dir import ModelMetadata, load_metadata, require_files
 from stream_app.scoring.preprocess import (
@@ -116,8 +116,8 @@ class OnnxScorer(SnapshotScoring):
 
 def warm_up(scorer: SnapshotScoring, model_dir: Path) -> None:
     """One real run of both graphs, so a model that loads but cannot execute fails at start."""
-    from stream_app.events import Event
-    from stream_app.windows import WindowSnapshot
+    from stream_app.ingest.events import Event
+    from stream_app.sessions.windows import WindowSnapshot
 
     event = Event("warm-up", 0, "view", "warm-up", product_name="warm up item", price=1.0)
     try:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stream_app.errors import ModelLoadError
+from stream_app.core.errors import ModelLoadError
 from stream_app.scoring.inputs import SessionArrays, encode_windows
 from stream_app.scoring.item_cache import ItemEmbeddingCache
 from stream_app.scoring.model_dir import ModelMetadata
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from stream_app.windows import WindowSnapshot
+    from stream_app.sessions.windows import WindowSnapshot
 
 
 @dataclass(frozen=True)

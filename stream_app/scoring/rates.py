@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_app.errors import ModelLoadError
-from stream_app.events import Event
-from stream_app.windows import WindowSnapshot, category_of
+from stream_app.core.errors import ModelLoadError
+from stream_app.ingest.events import Event
+from stream_app.sessions.windows import WindowSnapshot, category_of
 
 RATES_FILE = "rates.json"
 RATE_FEATURE_NAMES: tuple[str, ...] = (

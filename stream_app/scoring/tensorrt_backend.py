@@ -45,8 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_app.errors import ModelLoadError
-from stream_app.features import EVENT_NUMERIC_NAMES, N_EVENT_TYPES
+from stream_app.core.errors import ModelLoadError
 from stream_app.scoring.item_cache import DEFAULT_CAPACITY, ItemEmbeddingCache
 from stream_app.scoring.model_dir import ModelMetadata, load_metadata
 from stream_app.scoring.preprocess import (
@@ -57,6 +56,7 @@ from stream_app.scoring.preprocess import (
     SessionBatch,
     SnapshotScoring,
 )
+from stream_app.sessions.features import EVENT_NUMERIC_NAMES, N_EVENT_TYPES
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stream_app.errors import ModelLoadError
+from stream_app.core.errors import ModelLoadError
 from stream_app.scoring.item_cache import DEFAULT_CAPACITY, ItemEmbeddingCache
 from stream_app.scoring.model_dir import load_metadata, require_files
 from stream_app.scoring.network import ItemEncoder, SessionModel

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from stream_app.windows import WindowSnapshot
+from stream_app.sessions.windows import WindowSnapshot
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from stream_app.sessions.windows import WindowSnapshot
 from stream_app.triggers.reasons import (
     Candidate,
     OcclusionExplainer,
@@ -28,7 +29,6 @@ from stream_app.triggers.reasons import (
     with_events_neutralised,
     without_events,
 )
-from stream_app.windows import WindowSnapshot
 
 
 def random_removal(snapshot: WindowSnapshot, k: int, rng: random.Random) -> WindowSnapshot:

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
-from stream_app.config import KafkaSettings
-from stream_app.topics import drain, high_watermarks, security_config, wait_for_topics
+from stream_app.core.config import KafkaSettings
+from stream_app.core.topics import drain, high_watermarks, security_config, wait_for_topics
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
-"""Prometheus metrics of the triggers worker (same registry as ``stream_app.metrics``)."""
+"""Prometheus metrics of the triggers worker (same registry as ``stream_app.core.metrics``)."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-from stream_app.metrics import REGISTRY
+from stream_app.core.metrics import REGISTRY
 
 _FAST_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

@@ -29,8 +29,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stream_app.events import Event
-from stream_app.windows import SessionAggregates, WindowSnapshot, price_cents
+from stream_app.ingest.events import Event
+from stream_app.sessions.windows import SessionAggregates, WindowSnapshot, price_cents
 
 TOP_K = 3
 MIN_WEIGHT = 1e-4

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from stream_app.errors import ConfigError
+from stream_app.core.errors import ConfigError
 from stream_app.triggers.facts import WindowFacts
 
 RULE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"

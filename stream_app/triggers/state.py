@@ -22,9 +22,9 @@ from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
 
-from stream_app.errors import StoreUnavailable
-from stream_app.keys import session_tag
-from stream_app.redis_connect import RedisClient
+from stream_app.core.errors import StoreUnavailable
+from stream_app.core.keys import session_tag
+from stream_app.core.redis_connect import RedisClient
 from stream_app.triggers.evaluate import RuleState
 from stream_app.triggers.rules import Rule
 

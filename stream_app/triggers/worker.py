@@ -1,6 +1,7 @@
 """``intent-stream triggers``: settings -> rules, Redis state, model (reasons) -> Faust app.
 
-``TriggerParts`` holds everything but Faust (the wiring is ``app.create_triggers_app``):
+``TriggerParts`` holds everything but Faust (the wiring is ``app.create_triggers_app``, the
+process is ``stream_app/worker.py``):
 parsing score records, the engine with its Redis state, reason codes from the windows in
 Redis through the model, and the bounded retry around a store outage.
 """
@@ -17,10 +18,10 @@ from typing import Any
 
 import orjson
 
-from stream_app.config import Settings
-from stream_app.errors import StoreUnavailable
-from stream_app.retry import Backoff
-from stream_app.store import SessionStore
+from stream_app.core.config import Settings
+from stream_app.core.errors import StoreUnavailable
+from stream_app.core.retry import Backoff
+from stream_app.sessions.store import SessionStore
 from stream_app.triggers import metrics
 from stream_app.triggers.engine import AlreadyPublished, Publish, TriggerEngine
 from stream_app.triggers.evaluate import ScoreInput
@@ -105,13 +106,13 @@ class TriggerParts:
 
 def build_parts(settings: Settings) -> TriggerParts:
     """Everything that can fail fast (config, rules file, model) fails here."""
-    from stream_app.errors import ConfigError
-    from stream_app.redis_connect import redis_client
-    from stream_app.store import MEMORY_SCHEME, RedisSessionStore
+    from stream_app.core.errors import ConfigError
+    from stream_app.core.redis_connect import redis_client
+    from stream_app.sessions.store import MEMORY_SCHEME, RedisSessionStore
+    from stream_app.sessions.windows import WindowRules
     from stream_app.triggers.lookup import PublishedLookup
     from stream_app.triggers.rules import load_rules
     from stream_app.triggers.state import RedisTriggerState
-    from stream_app.windows import WindowRules
 
     if settings.kafka.embedded:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set (the triggers worker needs a broker)")
@@ -128,28 +129,3 @@ def build_parts(settings: Settings) -> TriggerParts:
         parts.sessions = RedisSessionStore(redis_client(redis), rules_w, redis.key_prefix)
         parts.explainer = OcclusionExplainer(load_scorer(settings.model))
     return parts
-
-
-def run_triggers() -> int:
-    import faust
-
-    from stream_app.app import create_triggers_app
-    from stream_app.config import load_settings
-    from stream_app.errors import ConfigError, ModelLoadError
-    from stream_app.logs import configure_logging, worker_logging_config
-
-    try:
-        settings = load_settings()
-        configure_logging(settings.worker.log_level, settings.worker.log_json)
-        app = create_triggers_app(settings, parts=build_parts(settings))
-    except (ConfigError, ModelLoadError) as exc:
-        log.error("cannot start the triggers worker: %s", exc)
-        return 2
-    worker = faust.Worker(
-        app,
-        loglevel=settings.worker.log_level.lower(),
-        quiet=True,
-        logging_config=worker_logging_config(settings.worker.log_level, settings.worker.log_json),
-    )
-    worker.execute_from_commandline()
-    return 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from stream_app.embedded import free_port
+from stream_app.local.embedded import free_port
 
 
 def chromium_binary() -> str:

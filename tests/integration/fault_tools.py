@@ -12,8 +12,8 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream_app.stack import LocalStack, WorkerProcess
-from stream_app.windows import WindowRules, WindowSnapshot, expected_window
+from stream_app.local.stack import LocalStack, WorkerProcess
+from stream_app.sessions.windows import WindowRules, WindowSnapshot, expected_window
 from tests.integration.helpers import stored_windows, valid_events, wait_for_scores
 
 Message = tuple[bytes | None, bytes]

@@ -10,14 +10,14 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
-from stream_app.config import KafkaSettings, RedisSettings, Settings
-from stream_app.errors import InvalidEvent
-from stream_app.events import Event, parse_event
-from stream_app.scores import ScoreRecord
-from stream_app.sources import iter_messages
-from stream_app.store import RedisSessionStore, redis_client
-from stream_app.topics import read_all
-from stream_app.windows import WindowRules, WindowSnapshot, expected_window
+from stream_app.core.config import KafkaSettings, RedisSettings, Settings
+from stream_app.core.errors import InvalidEvent
+from stream_app.core.topics import read_all
+from stream_app.ingest.events import Event, parse_event
+from stream_app.ingest.sources import iter_messages
+from stream_app.scoring.scores import ScoreRecord
+from stream_app.sessions.store import RedisSessionStore, redis_client
+from stream_app.sessions.windows import WindowRules, WindowSnapshot, expected_window
 
 
 def stack_settings(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from stream_app.embedded import (
+from stream_app.local.embedded import (
     EmbeddedRedis,
     EmbeddedServerError,
     find_redis_server,

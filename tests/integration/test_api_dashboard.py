@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_app.stack import LocalStack, WorkerProcess
-from stream_app.windows import WindowRules
+from stream_app.local.stack import LocalStack, WorkerProcess
+from stream_app.sessions.windows import WindowRules
 from tests.integration.browser import capture
 from tests.integration.fault_tools import TrackedProducer, expected_windows, wait_until
 from tests.integration.helpers import load_messages, stack_settings, wait_for_scores, worker_env

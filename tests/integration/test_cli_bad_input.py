@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.embedded import free_port
+from stream_app.local.embedded import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

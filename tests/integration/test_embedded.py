@@ -15,7 +15,8 @@ from confluent_kafka import Producer
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from stream_app.embedded import (
+from stream_app.core.topics import ensure_topics, read_all, wait_for_topics
+from stream_app.local.embedded import (
     EmbeddedBroker,
     EmbeddedRedis,
     EmbeddedServerError,
@@ -23,7 +24,6 @@ from stream_app.embedded import (
     free_port,
     generate_test_certificates,
 )
-from stream_app.topics import ensure_topics, read_all, wait_for_topics
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ def test_a_picked_port_taken_meanwhile_is_replaced(
 ) -> None:
     # Simulate losing the race between picking a free port and the server binding it.
     ports = iter([taken_port, free_port()])
-    monkeypatch.setattr("stream_app.embedded.free_port", lambda: next(ports))
+    monkeypatch.setattr("stream_app.local.embedded.free_port", lambda: next(ports))
     with server_class(log_dir=tmp_path, start_timeout_s=15) as server:
         assert server.port != taken_port
         assert server.running
@@ -235,6 +235,6 @@ def test_redis_over_tls(tmp_path: Path) -> None:
 
 def test_missing_redis_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr("stream_app.embedded.BUNDLED_REDIS_SERVERS", ())
+    monkeypatch.setattr("stream_app.local.embedded.BUNDLED_REDIS_SERVERS", ())
     with pytest.raises(EmbeddedServerError, match="apt-get install redis-server"):
         find_redis_server()

@@ -19,11 +19,11 @@ import onnx
 import orjson
 import pytest
 
-from stream_app.dlq import parse_dead_letter
-from stream_app.embedded import EmbeddedRedis
-from stream_app.stack import LocalStack, WorkerProcess
-from stream_app.topics import read_all
-from stream_app.windows import WindowRules
+from stream_app.core.topics import read_all
+from stream_app.ingest.dlq import parse_dead_letter
+from stream_app.local.embedded import EmbeddedRedis
+from stream_app.local.stack import LocalStack, WorkerProcess
+from stream_app.sessions.windows import WindowRules
 from tests.integration.fault_tools import (
     TrackedProducer,
     assert_complete,

@@ -11,13 +11,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_app.config import Settings
-from stream_app.dlq import parse_dead_letter
-from stream_app.errors import InvalidEvent
-from stream_app.events import EventLimits, parse_event
-from stream_app.stack import LocalStack
-from stream_app.topics import read_all
-from stream_app.windows import LATE_REASON, WindowRules
+from stream_app.core.config import Settings
+from stream_app.core.errors import InvalidEvent
+from stream_app.core.topics import read_all
+from stream_app.ingest.dlq import parse_dead_letter
+from stream_app.ingest.events import EventLimits, parse_event
+from stream_app.local.stack import LocalStack
+from stream_app.sessions.windows import LATE_REASON, WindowRules
 from tests.integration.fault_tools import (
     Message,
     TrackedProducer,

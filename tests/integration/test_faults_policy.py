@@ -19,11 +19,11 @@ import orjson
 import pytest
 import redis
 
-from stream_app.dlq import parse_dead_letter
-from stream_app.embedded import EmbeddedBroker, EmbeddedRedis
-from stream_app.keys import session_keys
-from stream_app.stack import LocalStack, WorkerProcess
-from stream_app.topics import read_all
+from stream_app.core.keys import session_keys
+from stream_app.core.topics import read_all
+from stream_app.ingest.dlq import parse_dead_letter
+from stream_app.local.embedded import EmbeddedBroker, EmbeddedRedis
+from stream_app.local.stack import LocalStack, WorkerProcess
 from tests.integration.fault_tools import (
     TrackedProducer,
     committed_offsets,
@@ -381,9 +381,9 @@ def test_the_pending_queue_stays_within_its_byte_bound_with_large_valid_events(
 def test_start_up_check_warns_unless_redis_evicts_nothing(redis_url: str) -> None:
     import asyncio
 
-    from stream_app.config import RedisSettings
-    from stream_app.preflight import check_store
-    from stream_app.windows import WindowRules
+    from stream_app.core.config import RedisSettings
+    from stream_app.serving.preflight import check_store
+    from stream_app.sessions.windows import WindowRules
 
     admin = redis.Redis.from_url(redis_url)
     before = admin.config_get("maxmemory-policy")["maxmemory-policy"]
@@ -414,7 +414,7 @@ def test_workers_joining_and_leaving_under_traffic_never_publish_an_older_score_
     """Two workers score live traffic; a third joins and one of the first two leaves
     (SIGTERM) while events flow and scores are pending. Every event ends in its window once,
     and per session the scores in topic order never go back to fewer events."""
-    from stream_app.windows import WindowRules
+    from stream_app.sessions.windows import WindowRules
     from tests.integration.fault_tools import assert_complete, expected_windows
     from tests.integration.helpers import load_messages
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from model_export.heldout import heldout_users, write_heldout
+from stream_app.replay.backtest import load_sessions
 from stream_app.scoring.onnx_backend import OnnxScorer
-from stream_app.triggers.backtest import load_sessions
+from stream_app.sessions.windows import WindowRules
 from stream_app.triggers.faithfulness import faithfulness
-from stream_app.windows import WindowRules
 from tests.shared_data import BUNDLED_SAMPLE, SHARED_DATA
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]

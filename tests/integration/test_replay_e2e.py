@@ -16,10 +16,10 @@ import orjson
 import pytest
 
 from stream_app.cli import build_parser
+from stream_app.ingest.sources import iter_messages
+from stream_app.local.stack import LocalStack
 from stream_app.replay.runner import main_replay
-from stream_app.sources import iter_messages
-from stream_app.stack import LocalStack
-from stream_app.windows import WindowRules
+from stream_app.sessions.windows import WindowRules
 from tests.integration.helpers import (
     expected_session_events,
     latest_scores,

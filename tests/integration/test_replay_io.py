@@ -16,16 +16,16 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
-from stream_app.config import KafkaSettings
-from stream_app.dlq import dead_letter_record
-from stream_app.errors import InvalidEvent
-from stream_app.events import parse_event
+from stream_app.core.config import KafkaSettings
+from stream_app.core.errors import InvalidEvent
+from stream_app.core.topics import read_all
+from stream_app.ingest.dlq import dead_letter_record
+from stream_app.ingest.events import parse_event
 from stream_app.replay.consumer import prepare_topics
 from stream_app.replay.runner import ReplayConfig, run_replay
 from stream_app.replay.timing import TimingConfig
-from stream_app.scores import ScoreRecord
-from stream_app.topics import read_all
-from stream_app.windows import LATE_REASON, WindowRules, WindowState, apply_events
+from stream_app.scoring.scores import ScoreRecord
+from stream_app.sessions.windows import LATE_REASON, WindowRules, WindowState, apply_events
 
 pytestmark = pytest.mark.integration
 

@@ -18,12 +18,12 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from stream_app.config import PrivacySettings, RedisSettings, Settings
-from stream_app.embedded import EmbeddedRedis, generate_test_certificates
-from stream_app.privacy import Pseudonymizer
-from stream_app.stack import LocalStack
-from stream_app.topics import read_all
-from stream_app.windows import WindowRules, WindowSnapshot, expected_window
+from stream_app.core.config import PrivacySettings, RedisSettings, Settings
+from stream_app.core.topics import read_all
+from stream_app.ingest.privacy import Pseudonymizer
+from stream_app.local.embedded import EmbeddedRedis, generate_test_certificates
+from stream_app.local.stack import LocalStack
+from stream_app.sessions.windows import WindowRules, WindowSnapshot, expected_window
 from tests.integration.fault_tools import (
     TrackedProducer,
     assert_complete,

@@ -16,10 +16,10 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 
-from stream_app.config import RedisSettings
-from stream_app.events import Event
-from stream_app.store import RedisSessionStore, create_store, redis_client
-from stream_app.windows import WindowState, apply_events
+from stream_app.core.config import RedisSettings
+from stream_app.ingest.events import Event
+from stream_app.sessions.store import RedisSessionStore, create_store, redis_client
+from stream_app.sessions.windows import WindowState, apply_events
 from tests.integration.redis_cluster import MASTERS, LocalRedisCluster
 from tests.integration.test_store_redis import RULES, deliveries, ev, in_session, without_state
 

@@ -23,12 +23,12 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 
-from stream_app.config import RedisSettings
-from stream_app.embedded import EmbeddedRedis, generate_test_certificates
-from stream_app.errors import StoreRefused, StoreUnavailable
-from stream_app.events import Event
-from stream_app.store import RedisSessionStore, create_store, redis_client
-from stream_app.windows import ApplyOutcome, WindowRules, WindowState, apply_events
+from stream_app.core.config import RedisSettings
+from stream_app.core.errors import StoreRefused, StoreUnavailable
+from stream_app.ingest.events import Event
+from stream_app.local.embedded import EmbeddedRedis, generate_test_certificates
+from stream_app.sessions.store import RedisSessionStore, create_store, redis_client
+from stream_app.sessions.windows import ApplyOutcome, WindowRules, WindowState, apply_events
 from tests.unit.test_windows import at, event_sets
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.config import RedisSettings
-from stream_app.embedded import EmbeddedRedis
-from stream_app.store import RedisSessionStore, create_store
-from stream_app.windows import WindowState, apply_events
+from stream_app.core.config import RedisSettings
+from stream_app.local.embedded import EmbeddedRedis
+from stream_app.sessions.store import RedisSessionStore, create_store
+from stream_app.sessions.windows import WindowState, apply_events
 from tests.integration.redis_cluster import SentinelServer
 from tests.integration.test_store_redis import RULES, ev, without_state
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.stack import LocalStack
-from stream_app.windows import WindowRules
+from stream_app.local.stack import LocalStack
+from stream_app.sessions.windows import WindowRules
 from tests.integration.fault_tools import TrackedProducer, expected_windows, http_get, wait_until
 from tests.integration.helpers import load_messages, stack_settings, wait_for_scores, worker_env
 from tests.integration.trigger_tools import (
@@ -72,8 +72,8 @@ def test_published_lookup_finds_triggers_already_on_the_topic(
     import orjson
     from confluent_kafka import Producer
 
-    from stream_app.config import KafkaSettings
-    from stream_app.topics import ensure_topics
+    from stream_app.core.config import KafkaSettings
+    from stream_app.core.topics import ensure_topics
     from stream_app.triggers.lookup import PublishedLookup
 
     topic = f"{unique_name}-trg"

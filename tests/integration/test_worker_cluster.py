@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.stack import LocalStack
-from stream_app.windows import WindowRules
+from stream_app.local.stack import LocalStack
+from stream_app.sessions.windows import WindowRules
 from tests.integration.helpers import (
     expected_session_events,
     load_messages,

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.dlq import parse_dead_letter
-from stream_app.scores import ScoreRecord
-from stream_app.stack import LocalStack
-from stream_app.topics import read_all
-from stream_app.windows import WindowRules
+from stream_app.core.topics import read_all
+from stream_app.ingest.dlq import parse_dead_letter
+from stream_app.local.stack import LocalStack
+from stream_app.scoring.scores import ScoreRecord
+from stream_app.sessions.windows import WindowRules
 from tests.integration.helpers import (
     expected_session_events,
     latest_scores,

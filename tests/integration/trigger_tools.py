@@ -7,8 +7,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from stream_app.config import Settings
-from stream_app.topics import read_all
+from stream_app.core.config import Settings
+from stream_app.core.topics import read_all
 from stream_app.triggers.engine import TriggerEngine, TriggerRecord
 from stream_app.triggers.rules import RuleSet, load_rules
 from stream_app.triggers.state import InMemoryTriggerState

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream_app.acks import OrderedAcks
+from stream_app.serving.acks import OrderedAcks
 
 P0 = ("events", 0)
 P1 = ("events", 1)

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_app import metrics
-from stream_app.batching import length_sorted_chunks, time_bounded_limit
-from stream_app.config import BatchSettings, ScoreSettings, Settings
-from stream_app.pipeline import PENDING_TARGET_S, InMessage, Pipeline, wall_clock_ms
-from stream_app.store import InMemorySessionStore
-from stream_app.windows import WindowRules, WindowSnapshot
+from stream_app.core import metrics
+from stream_app.core.config import BatchSettings, ScoreSettings, Settings
+from stream_app.serving.batching import length_sorted_chunks, time_bounded_limit
+from stream_app.serving.pipeline import PENDING_TARGET_S, InMessage, Pipeline, wall_clock_ms
+from stream_app.sessions.store import InMemorySessionStore
+from stream_app.sessions.windows import WindowRules, WindowSnapshot
 
 NOW_MS = 1_700_000_000_000
 

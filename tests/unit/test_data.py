@@ -16,7 +16,7 @@ from model_export.data import (
     split_by_user,
     user_key,
 )
-from stream_app.windows import WindowRules, expected_window
+from stream_app.sessions.windows import WindowRules, expected_window
 from tests.shared_data import SHARED_REES46
 
 HEADER = (
@@ -138,7 +138,7 @@ def test_diginetica_folder(tmp_path: Path) -> None:
     )
     ds = load_dataset(tmp_path)
     assert ds.source == "diginetica"
-    # Same conventions as the live stream (stream_app.sources): "dg-" session ids, anonymous
+    # Same conventions as the live stream (stream_app.ingest.sources): "dg-" session ids, anonymous
     # users as "", each anonymous session counted as its own user when splitting.
     session = ds.sessions["dg-1"]
     assert [e.product_id for e in session] == ["11", "10", "10"]
@@ -163,7 +163,7 @@ def test_oof_rates_never_count_the_rows_own_user() -> None:
     from model_export.data import group_sessions, session_examples
     from model_export.rates import count_rates, oof_rate_matrix
     from model_export.tables import TextVocab, build_table
-    from stream_app.events import Event
+    from stream_app.ingest.events import Event
     from stream_app.scoring.inputs import InputSpec
 
     def event(i: int, user: str, kind: str) -> Event:

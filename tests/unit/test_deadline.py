@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.deadline import (
+from stream_app.serving.deadline import (
     RELEASE_REASONS,
     BatchPolicy,
     BatchShape,

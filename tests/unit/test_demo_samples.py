@@ -9,9 +9,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from stream_app.demo import DEFAULT_SAMPLE, SAMPLES, bundled_sample
-from stream_app.events import Event, parse_event
-from stream_app.sources import iter_messages
+from stream_app.ingest.events import Event, parse_event
+from stream_app.ingest.sources import iter_messages
+from stream_app.local.demo import DEFAULT_SAMPLE, SAMPLES, bundled_sample
 from tests.shared_data import SHARED_GA_MERCH
 
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from stream_app.config import Settings, load_settings
+from stream_app.core.config import Settings, load_settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 APP_PREFIXES = ("KAFKA_", "REDIS_", "WINDOW_", "BATCH_", "MODEL_", "WORKER_", "PRIVACY_")
@@ -247,7 +247,7 @@ def test_grafana_dashboard_shows_what_operators_need() -> None:
 
 
 def test_dashboard_and_alert_metrics_exist() -> None:
-    from stream_app import metrics
+    from stream_app.core import metrics
 
     exported = {
         name

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_app.dlq import DLQ_SCHEMA, dead_letter_record, parse_dead_letter
+from stream_app.ingest.dlq import DLQ_SCHEMA, dead_letter_record, parse_dead_letter
 
 NOW_MS = 1_577_836_800_000
 MIB = 1024 * 1024

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_app.errors import InvalidEvent
-from stream_app.events import (
+from stream_app.core.errors import InvalidEvent
+from stream_app.ingest.events import (
     EVENT_TYPES,
     EXTRA_TEXT_FIELDS,
     FIELDS,
@@ -344,7 +344,7 @@ def test_mutated_messages_never_raise_anything_else(pos: int, junk: bytes, inser
 
 
 def test_limits_from_settings() -> None:
-    from stream_app.config import WindowSettings
+    from stream_app.core.config import WindowSettings
 
     window = WindowSettings(max_future_skew_s=60, max_age_days=2)
     limits = EventLimits.from_settings(window, max_bytes=4096)

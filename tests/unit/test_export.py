@@ -24,7 +24,7 @@ from model_export.export_onnx import (
     validate_session,
 )
 from model_export.tensorrt_build import plan_profiles, profile_shapes, synthetic_batch
-from stream_app.errors import ModelLoadError
+from stream_app.core.errors import ModelLoadError
 from stream_app.scoring.model_dir import load_metadata
 from stream_app.scoring.network import ItemEncoder, SessionModel
 from stream_app.scoring.tensorrt_backend import EngineProfile, import_tensorrt, profile_for

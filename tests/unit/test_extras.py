@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.extras import EXTRA_MODULES, MissingExtra, missing_modules, require_extra
+from stream_app.core.extras import EXTRA_MODULES, MissingExtra, missing_modules, require_extra
 
 ROOT = Path(__file__).resolve().parents[2]
 # Import names of everything that moved out of the runtime dependencies.
@@ -61,11 +61,11 @@ def test_runtime_dependencies_leave_out_demo_train_and_gpu_packages() -> None:
 
 def test_the_worker_scores_on_runtime_dependencies_alone(model_dir: Path) -> None:
     code = (
-        "from stream_app.config import ModelSettings\n"
+        "from stream_app.core.config import ModelSettings\n"
         "from stream_app.scoring import load_scorer\n"
-        "import stream_app.worker, stream_app.store, stream_app.redis_connect\n"
-        "from stream_app.windows import WindowState, apply_events, WindowRules\n"
-        "from stream_app.events import Event\n"
+        "import stream_app.worker, stream_app.sessions.store, stream_app.core.redis_connect\n"
+        "from stream_app.sessions.windows import WindowState, apply_events, WindowRules\n"
+        "from stream_app.ingest.events import Event\n"
         "e = Event('e1', 1_700_000_000_000, 'view', 's', 'u', 'p', 'c', '', '', 9.5, '')\n"
         "snap = apply_events(WindowState.empty('s'), [e], WindowRules()).snapshot\n"
         f"scorer = load_scorer(ModelSettings(dir={str(model_dir)!r}, backend='onnx'))\n"

@@ -16,23 +16,23 @@ import numpy as np
 import pytest
 from redis import exceptions as redis_errors
 
-from stream_app.batching import PendingEntry, PendingScores
-from stream_app.breaker import CircuitBreaker
-from stream_app.config import BatchSettings, ModelSettings, ScoreSettings, Settings
-from stream_app.dlq import MAX_KEY_BYTES, dead_letter_key
-from stream_app.errors import (
+from stream_app.core.config import BatchSettings, ModelSettings, ScoreSettings, Settings
+from stream_app.core.errors import (
     ModelUnavailable,
     ScoringTimeout,
     SessionStoreError,
     StoreRefused,
     StoreUnavailable,
 )
-from stream_app.inference import TimedRunner
-from stream_app.lifecycle import EXIT_FATAL, EXIT_SHUTDOWN_TIMEOUT, Lifecycle
-from stream_app.pipeline import DLQ_MAX_RECORD_BYTES, InMessage, Pipeline, is_stale
-from stream_app.preflight import eviction_warning
-from stream_app.store import InMemorySessionStore, classify_redis_error
-from stream_app.windows import WindowRules, WindowSnapshot
+from stream_app.ingest.dlq import MAX_KEY_BYTES, dead_letter_key
+from stream_app.serving.batching import PendingEntry, PendingScores
+from stream_app.serving.breaker import CircuitBreaker
+from stream_app.serving.inference import TimedRunner
+from stream_app.serving.lifecycle import EXIT_FATAL, EXIT_SHUTDOWN_TIMEOUT, Lifecycle
+from stream_app.serving.pipeline import DLQ_MAX_RECORD_BYTES, InMessage, Pipeline, is_stale
+from stream_app.serving.preflight import eviction_warning
+from stream_app.sessions.store import InMemorySessionStore, classify_redis_error
+from stream_app.sessions.windows import WindowRules, WindowSnapshot
 from tests.unit.test_pipeline import NOW_MS, Recorder, message
 
 # ------------------------------------------------------------------------------- scorers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from stream_app.retry import Backoff
+from stream_app.core.retry import Backoff
 
 
 def test_delays_double_until_the_cap() -> None:

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 import orjson
 
-from stream_app.config import Settings
-from stream_app.pipeline import InMessage, Pipeline
-from stream_app.scores import ScoreRecord
-from stream_app.store import InMemorySessionStore
-from stream_app.windows import WindowRules, WindowSnapshot
+from stream_app.core.config import Settings
+from stream_app.scoring.scores import ScoreRecord
+from stream_app.serving.pipeline import InMessage, Pipeline
+from stream_app.sessions.store import InMemorySessionStore
+from stream_app.sessions.windows import WindowRules, WindowSnapshot
 
 NOW_MS = 1_700_000_000_000
 

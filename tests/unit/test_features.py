@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from model_export.data import snapshots_for_session
-from stream_app.events import Event
-from stream_app.features import (
+from stream_app.ingest.events import Event
+from stream_app.sessions.features import (
     FEATURE_NAMES,
     behaviour_features,
     behaviour_matrix,
@@ -19,7 +19,7 @@ from stream_app.features import (
     price_bucket,
     session_text,
 )
-from stream_app.windows import WindowRules, WindowSnapshot
+from stream_app.sessions.windows import WindowRules, WindowSnapshot
 
 T0 = 1_569_888_000_000  # 2019-10-01T00:00:00Z
 
@@ -137,7 +137,7 @@ def test_event_text_includes_query() -> None:
 
 
 def test_item_text_prefers_the_title_then_category_and_brand_then_the_query() -> None:
-    from stream_app.features import item_text
+    from stream_app.sessions.features import item_text
 
     named = ev(0, "view", 0, product_name="  Google Men's  Tee ", category_code="a.b", brand="g")
     assert item_text(named) == "google men's tee"
@@ -151,7 +151,7 @@ def test_item_text_prefers_the_title_then_category_and_brand_then_the_query() ->
 
 
 def test_event_numerics_gaps_price_repeats_and_position() -> None:
-    from stream_app.features import EVENT_NUMERIC_NAMES, event_numerics
+    from stream_app.sessions.features import EVENT_NUMERIC_NAMES, event_numerics
 
     events = (ev(0, "view", 0, 100.0), ev(3, "view", 10, 400.0), ev(6, "cart", 70, None))
     values = event_numerics(events)  # products p0, p0, p0; median price 250
@@ -164,7 +164,7 @@ def test_event_numerics_gaps_price_repeats_and_position() -> None:
 
 
 def test_last_product_features_and_context() -> None:
-    from stream_app.features import (
+    from stream_app.sessions.features import (
         LAST_PRODUCT_FEATURE_NAMES,
         context_values,
         last_product_features,
@@ -182,9 +182,9 @@ def test_last_product_features_and_context() -> None:
 
 
 def test_windows_are_right_aligned_with_the_newest_event_last() -> None:
-    from stream_app.features import EVENT_TYPE_IDS
     from stream_app.scoring.inputs import InputSpec, encode_windows
     from stream_app.scoring.rates import RatesTable
+    from stream_app.sessions.features import EVENT_TYPE_IDS
 
     spec = InputSpec(max_events=4, context_vocab=(("mobile",), (), ()))
     short = snapshot([ev(0, "view", 0, product_name="a"), ev(1, "cart", 5, product_name="b")])

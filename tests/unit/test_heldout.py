@@ -9,7 +9,7 @@ import pytest
 from model_export.corpus import DEFAULT_TEST_FRACTION, SPLIT_SEED
 from model_export.data import load_dataset, split_by_user, user_key
 from model_export.heldout import main
-from stream_app.sources import iter_rees46_csv
+from stream_app.ingest.sources import iter_rees46_csv
 from tests.shared_data import SHARED_DATA
 
 REES46 = SHARED_DATA / "rees46_multicategory" / "2019-Oct_head_users_a.csv"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.dlq import dead_letter_record, parse_dead_letter
-from stream_app.errors import InvalidEvent
-from stream_app.events import EventLimits, parse_event
+from stream_app.core.errors import InvalidEvent
+from stream_app.ingest.dlq import dead_letter_record, parse_dead_letter
+from stream_app.ingest.events import EventLimits, parse_event
 
 CORPUS_DIR = Path(__file__).resolve().parents[1] / "data" / "hostile"
 # The corpus generator lives next to its data (not a package): load it by path.

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, SecretStr
 
-from stream_app.config import load_settings
+from stream_app.core.config import load_settings
 from tests.unit.test_deploy import NON_SETTINGS_VARS, settings_env_vars
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -8,7 +8,7 @@ import logging.config
 
 import orjson
 
-from stream_app.logs import JsonFormatter, worker_logging_config
+from stream_app.core.logs import JsonFormatter, worker_logging_config
 
 
 def test_json_formatter_emits_one_object_per_record() -> None:

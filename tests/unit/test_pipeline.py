@@ -9,14 +9,14 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_app.config import BatchSettings, ModelSettings, Settings
-from stream_app.dlq import parse_dead_letter
-from stream_app.errors import StoreUnavailable
-from stream_app.events import Event
-from stream_app.pipeline import InMessage, Pipeline
-from stream_app.scores import ScoreRecord
-from stream_app.store import InMemorySessionStore
-from stream_app.windows import WindowRules, WindowSnapshot
+from stream_app.core.config import BatchSettings, ModelSettings, Settings
+from stream_app.core.errors import StoreUnavailable
+from stream_app.ingest.dlq import parse_dead_letter
+from stream_app.ingest.events import Event
+from stream_app.scoring.scores import ScoreRecord
+from stream_app.serving.pipeline import InMessage, Pipeline
+from stream_app.sessions.store import InMemorySessionStore
+from stream_app.sessions.windows import WindowRules, WindowSnapshot
 
 NOW_MS = 1_700_000_000_000
 

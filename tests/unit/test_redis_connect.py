@@ -7,11 +7,11 @@ import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis, RedisCluster
 
-from stream_app.config import RedisSettings
-from stream_app.errors import ConfigError
-from stream_app.redis_connect import RedisTarget, parse_redis_url, redis_client
-from stream_app.store import create_store
-from stream_app.windows import WindowRules
+from stream_app.core.config import RedisSettings
+from stream_app.core.errors import ConfigError
+from stream_app.core.redis_connect import RedisTarget, parse_redis_url, redis_client
+from stream_app.sessions.store import create_store
+from stream_app.sessions.windows import WindowRules
 
 
 @pytest.mark.parametrize(

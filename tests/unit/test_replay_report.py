@@ -18,7 +18,7 @@ from stream_app.replay.report import (
     write_plot,
 )
 from stream_app.replay.tracker import ScoreTracker
-from stream_app.scores import ScoreRecord
+from stream_app.scoring.scores import ScoreRecord
 
 START_MS = 1_764_000_000_000
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_app.events import parse_event
+from stream_app.ingest.events import parse_event
 from stream_app.replay.timing import (
     UNPACED_LAG_MS,
     OutgoingMessage,

@@ -12,12 +12,12 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from stream_app.config import KafkaSettings
-from stream_app.dlq import dead_letter_record
+from stream_app.core.config import KafkaSettings
+from stream_app.ingest.dlq import dead_letter_record
 from stream_app.replay.producer import Delivered, kafka_client_config, producer_config
 from stream_app.replay.tracker import Latencies, ScoreTracker, percentile
-from stream_app.scores import ScoreRecord
-from stream_app.windows import WindowRules
+from stream_app.scoring.scores import ScoreRecord
+from stream_app.sessions.windows import WindowRules
 
 START_MS = 1_764_000_000_000
 GAP_MS = 60_000

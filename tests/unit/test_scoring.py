@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_app.config import ModelSettings
-from stream_app.errors import ModelLoadError
-from stream_app.events import Event
+from stream_app.core.config import ModelSettings
+from stream_app.core.errors import ModelLoadError
+from stream_app.ingest.events import Event
 from stream_app.scoring import Scorer, load_scorer
 from stream_app.scoring.item_cache import ItemEmbeddingCache
 from stream_app.scoring.model_dir import load_metadata, metadata_from_dict, seq_buckets_for
 from stream_app.scoring.onnx_backend import OnnxScorer, run_session_model
 from stream_app.scoring.preprocess import bucket_for, pad_rows, pad_tokens
 from stream_app.scoring.torch_backend import TorchScorer
-from stream_app.windows import WindowRules, WindowSnapshot, expected_window
+from stream_app.sessions.windows import WindowRules, WindowSnapshot, expected_window
 
 T0 = 1_700_000_000_000  # fixed UTC epoch ms
 

@@ -18,7 +18,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings
 from redis.asyncio.connection import SSLConnection
 
-from stream_app.config import (
+from stream_app.core.config import (
     BatchSettings,
     KafkaSettings,
     PrivacySettings,
@@ -26,13 +26,13 @@ from stream_app.config import (
     WindowSettings,
     load_settings,
 )
-from stream_app.embedded import TlsFiles, generate_test_certificates
-from stream_app.errors import ConfigError
-from stream_app.privacy import Pseudonymizer
+from stream_app.core.errors import ConfigError
+from stream_app.core.security import faust_credentials, kafka_ssl_context
+from stream_app.core.topics import security_config
+from stream_app.ingest.privacy import Pseudonymizer
+from stream_app.local.embedded import TlsFiles, generate_test_certificates
 from stream_app.replay.producer import kafka_client_config, producer_config
-from stream_app.security import faust_credentials, kafka_ssl_context
-from stream_app.store import redis_client
-from stream_app.topics import security_config
+from stream_app.sessions.store import redis_client
 
 KAFKA_SECRET = "kafka-pa55-#@!"
 REDIS_SECRET = "redis-pa55-#@!"

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow]
 @pytest.fixture(scope="module")
 def scorer():  # type: ignore[no-untyped-def]
     from model_export.bundle import build_model_dir
-    from stream_app.config import ModelSettings
+    from stream_app.core.config import ModelSettings
     from stream_app.scoring import load_scorer
 
     return load_scorer(ModelSettings(dir=build_model_dir(), backend="onnx"))

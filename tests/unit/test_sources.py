@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_app.errors import InvalidEvent
-from stream_app.events import Event, EventLimits, parse_event
-from stream_app.sources import (
+from stream_app.core.errors import InvalidEvent
+from stream_app.ingest.events import Event, EventLimits, parse_event
+from stream_app.ingest.sources import (
     detect_format,
     iter_diginetica,
     iter_jsonl_raw,

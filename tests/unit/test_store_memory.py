@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from stream_app.config import RedisSettings
-from stream_app.errors import ConfigError, InvalidEvent
-from stream_app.events import Event
-from stream_app.keys import session_keys, session_tag
-from stream_app.store import (
+from stream_app.core.config import RedisSettings
+from stream_app.core.errors import ConfigError, InvalidEvent
+from stream_app.core.keys import session_keys, session_tag
+from stream_app.ingest.events import Event
+from stream_app.sessions.store import (
     InMemorySessionStore,
     RedisSessionStore,
     StoreRetry,
@@ -21,7 +21,7 @@ from stream_app.store import (
     encode_event,
     redis_client,
 )
-from stream_app.windows import WindowRules, WindowState, apply_events
+from stream_app.sessions.windows import WindowRules, WindowState, apply_events
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 GAP_MS = 60_000

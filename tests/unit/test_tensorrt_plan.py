@@ -23,7 +23,7 @@ from model_export.tensorrt_build import (
     profile_shapes,
     session_profile_shapes,
 )
-from stream_app.errors import ModelLoadError
+from stream_app.core.errors import ModelLoadError
 from stream_app.scoring.model_dir import load_metadata
 from stream_app.scoring.onnx_backend import OnnxScorer
 from stream_app.scoring.preprocess import EncodedBatch, SessionBatch

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.events import Event
-from stream_app.windows import (
+from stream_app.ingest.events import Event
+from stream_app.sessions.windows import (
     LATE_REASON,
     OVERFLOW_REASON,
     ApplyOutcome,

@@ -9,9 +9,9 @@ from pydantic import SecretStr
 from stream_app.api.feed import DashboardState
 from stream_app.api.latest import InMemoryLatestScores
 from stream_app.api.server import ApiContext, create_api
-from stream_app.config import ApiSettings, PrivacySettings, Settings
-from stream_app.privacy import Pseudonymizer
-from stream_app.scores import ScoreRecord
+from stream_app.core.config import ApiSettings, PrivacySettings, Settings
+from stream_app.ingest.privacy import Pseudonymizer
+from stream_app.scoring.scores import ScoreRecord
 
 TOKEN = "t0ken-for-tests"
 NOW_S = 1_700_000_100.0

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import orjson
 
-from stream_app.events import Event
-from stream_app.scoring.onnx_backend import OnnxScorer
-from stream_app.triggers.backtest import (
+from stream_app.ingest.events import Event
+from stream_app.replay.backtest import (
     Session,
     backtest,
     fit_twin,
@@ -16,6 +15,7 @@ from stream_app.triggers.backtest import (
     rule_metrics,
     run_rules,
 )
+from stream_app.scoring.onnx_backend import OnnxScorer
 from stream_app.triggers.engine import TriggerRecord
 from stream_app.triggers.evaluate import ScoreInput
 from stream_app.triggers.facts import WindowFacts
@@ -68,7 +68,7 @@ def test_backtest_runs_the_model_and_the_twin(model_dir: Path, tmp_path: Path) -
 
 
 def test_live_replay_triggers_map_back_to_the_log_clock() -> None:
-    from stream_app.triggers.live import _on_log_clock, _original
+    from stream_app.replay.trigger_report import _on_log_clock, _original
 
     assert _original("abc#r12", "#r12") == "abc"
     assert _original("abc#r12#L2", "#r12") is None  # later loop passes are not the log

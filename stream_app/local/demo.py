@@ -23,12 +23,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from stream_app.config import Settings, load_settings
-from stream_app.errors import IntentStreamError
-from stream_app.events import EventLimits
-from stream_app.inputs import check_event_log, check_output_file, check_positive
-from stream_app.logs import configure_logging
-from stream_app.preflight import check_broker, check_tls_files, run_checks
+from stream_app.core.config import Settings, load_settings
+from stream_app.core.errors import IntentStreamError
+from stream_app.core.logs import configure_logging
+from stream_app.ingest.events import EventLimits
+from stream_app.ingest.inputs import check_event_log, check_output_file, check_positive
+from stream_app.local.stack import LocalStack
 from stream_app.replay import report
 from stream_app.replay.runner import (
     ReplayConfig,
@@ -36,8 +36,8 @@ from stream_app.replay.runner import (
     run_replay,
 )
 from stream_app.replay.timing import TimingConfig
-from stream_app.stack import LocalStack
-from stream_app.windows import WindowRules
+from stream_app.serving.preflight import check_broker, check_tls_files, run_checks
+from stream_app.sessions.windows import WindowRules
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _check_inputs(args: argparse.Namespace, settings: Settings) -> None:
 
 def _triggers_fired(stack: LocalStack, settings: Settings) -> list[dict[str, Any]]:
     """The triggers the replay fired (read back from the triggers topic)."""
-    from stream_app.topics import read_all, security_config
+    from stream_app.core.topics import read_all, security_config
 
     kafka = settings.kafka
     messages = read_all(stack.bootstrap_servers, kafka.triggers_topic, timeout_s=15, idle_s=2.0,

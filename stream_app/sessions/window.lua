@@ -1,9 +1,9 @@
 -- window.lua: apply one batch of events to ONE session, atomically.
 --
--- The Redis twin of stream_app.windows.apply_events: same rules, same order, same integer
+-- The Redis twin of stream_app.sessions.windows.apply_events: same rules, same order, same integer
 -- tallies. Keep the two in step; tests/integration/test_store_redis.py checks parity.
 --
--- KEYS (all share one {hash tag}, see stream_app/keys.py):
+-- KEYS (all share one {hash tag}, see stream_app/core/keys.py):
 --   1 window      ZSET  score = event time ms, member = hex(utf8 id) .. " " .. event json
 --                       (equal scores sort by member bytes, i.e. by event id: the hex
 --                       encoding keeps byte order and a shorter id sorts first, as in Python)

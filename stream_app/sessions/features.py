@@ -23,8 +23,8 @@ import math
 
 import numpy as np
 
-from stream_app.events import Event
-from stream_app.windows import WindowSnapshot
+from stream_app.ingest.events import Event
+from stream_app.sessions.windows import WindowSnapshot
 
 DEFAULT_TEXT_EVENTS = 8
 

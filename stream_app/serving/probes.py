@@ -18,11 +18,11 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from stream_app.lifecycle import Lifecycle
+from stream_app.serving.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
-    from stream_app.pipeline import Pipeline
-    from stream_app.store import SessionStore
+    from stream_app.serving.pipeline import Pipeline
+    from stream_app.sessions.store import SessionStore
 
 READY_PING_TIMEOUT_S = 0.5
 

@@ -6,7 +6,7 @@ import ssl
 
 import faust
 
-from stream_app.config import KafkaSettings
+from stream_app.core.config import KafkaSettings
 
 
 def kafka_ssl_context(settings: KafkaSettings) -> ssl.SSLContext | None:

@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import hmac
 
-from stream_app.events import Event
+from stream_app.ingest.events import Event
 
 
 class Pseudonymizer:

@@ -35,16 +35,16 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream_app.batching import length_sorted_chunks
-from stream_app.errors import IntentStreamError, InvalidEvent
-from stream_app.events import Event, parse_event
-from stream_app.sources import iter_messages
+from stream_app.core.errors import IntentStreamError, InvalidEvent
+from stream_app.ingest.events import Event, parse_event
+from stream_app.ingest.sources import iter_messages
+from stream_app.serving.batching import length_sorted_chunks
+from stream_app.sessions.windows import WindowRules, WindowSnapshot, WindowState, apply_events
 from stream_app.triggers.engine import TriggerEngine, TriggerRecord
 from stream_app.triggers.evaluate import ScoreInput
 from stream_app.triggers.facts import WindowFacts, window_facts
 from stream_app.triggers.rules import Rule, RuleSet, Threshold, load_rules
 from stream_app.triggers.state import InMemoryTriggerState
-from stream_app.windows import WindowRules, WindowSnapshot, WindowState, apply_events
 
 log = logging.getLogger(__name__)
 
@@ -263,9 +263,9 @@ def _fmt(value: float | None) -> str:
 
 
 def main_backtest(args: argparse.Namespace) -> int:
-    from stream_app.config import load_settings
-    from stream_app.errors import ModelLoadError
-    from stream_app.logs import configure_logging
+    from stream_app.core.config import load_settings
+    from stream_app.core.errors import ModelLoadError
+    from stream_app.core.logs import configure_logging
     from stream_app.scoring import load_scorer
 
     configure_logging("WARNING")

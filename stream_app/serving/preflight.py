@@ -17,10 +17,10 @@ import logging
 
 from redis import exceptions as redis_errors
 
-from stream_app.config import KafkaSettings, RedisSettings
-from stream_app.errors import ConfigError, SessionStoreError, StoreRefused, StoreUnavailable
-from stream_app.store import RedisSessionStore, classify_redis_error, redis_client
-from stream_app.windows import WindowRules
+from stream_app.core.config import KafkaSettings, RedisSettings
+from stream_app.core.errors import ConfigError, SessionStoreError, StoreRefused, StoreUnavailable
+from stream_app.sessions.store import RedisSessionStore, classify_redis_error, redis_client
+from stream_app.sessions.windows import WindowRules
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def check_broker(settings: KafkaSettings, timeout_s: float = BROKER_TIMEOUT_S) -
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    from stream_app.topics import client_config, security_config
+    from stream_app.core.topics import client_config, security_config
 
     config = client_config(settings.bootstrap_servers, security_config(settings))
     try:

@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import IO, Self
 from urllib.parse import quote
 
-from stream_app.errors import IntentStreamError
+from stream_app.core.errors import IntentStreamError
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,10 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from stream_app.events import EVENT_TYPES, Event
+from stream_app.ingest.events import EVENT_TYPES, Event
 
 if TYPE_CHECKING:
-    from stream_app.config import WindowSettings
+    from stream_app.core.config import WindowSettings
 
 # Prices are clamped to [0, MAX_PRICE_CENTS] before they enter any sum: a bound on what a
 # hostile producer can do to the sums (Redis HINCRBY is int64), far above any real price.

@@ -7,7 +7,7 @@
 
 The cluster nodes listed are only seeds: the client discovers the rest (``CLUSTER SLOTS``)
 and follows ``MOVED``/``ASK`` redirects during resharding and failover by itself. Every
-session's keys share one hash tag (``stream_app.keys``), so each window script runs on one
+session's keys share one hash tag (``stream_app.core.keys``), so each window script runs on one
 slot, and a pipeline of many sessions' scripts is split by node and sent to the nodes in
 parallel. With Sentinel the client asks the sentinels for the current primary and asks again
 after a failover. Credentials (``REDIS_USERNAME``/``REDIS_PASSWORD``) and TLS files apply to
@@ -29,8 +29,8 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
-from stream_app.config import RedisSettings
-from stream_app.errors import ConfigError
+from stream_app.core.config import RedisSettings
+from stream_app.core.errors import ConfigError
 
 T = TypeVar("T")
 Topology = Literal["single", "cluster", "sentinel"]

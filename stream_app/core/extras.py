@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from stream_app.errors import ConfigError
+from stream_app.core.errors import ConfigError
 
 # extra -> the import names that stand for it
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stream_app.errors import ConfigError
+from stream_app.core.errors import ConfigError
 
 BackendName = Literal["onnx", "torch", "tensorrt"]
 
@@ -55,7 +55,7 @@ class KafkaSettings(BaseSettings):
 
 class RedisSettings(BaseSettings):
     """Session-store connection (``REDIS_*``). ``rediss://`` enables TLS; ``+cluster`` and
-    ``+sentinel`` schemes pick Redis Cluster or Sentinel (``stream_app.redis_connect``)."""
+    ``+sentinel`` schemes pick Redis Cluster or Sentinel (``stream_app.core.redis_connect``)."""
 
     model_config = _env("REDIS_")
 
@@ -107,7 +107,7 @@ class BatchSettings(BaseSettings):
 
 
 class ScoreSettings(BaseSettings):
-    """When a scoring batch is released (``stream_app/deadline.py``) and what a published
+    """When a scoring batch is released (``stream_app/serving/deadline.py``) and what a published
     score says (``SCORE_*``)."""
 
     model_config = _env("SCORE_")

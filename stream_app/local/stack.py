@@ -25,10 +25,10 @@ from typing import Self
 
 import orjson
 
-from stream_app.config import Settings
-from stream_app.embedded import EmbeddedBroker, EmbeddedRedis, free_port
-from stream_app.errors import IntentStreamError
-from stream_app.topics import ensure_topics, security_config
+from stream_app.core.config import Settings
+from stream_app.core.errors import IntentStreamError
+from stream_app.core.topics import ensure_topics, security_config
+from stream_app.local.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
-from stream_app.config import KafkaSettings
-from stream_app.errors import TransientError
+from stream_app.core.config import KafkaSettings
+from stream_app.core.errors import TransientError
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from stream_app.errors import InvalidEvent
+from stream_app.core.errors import InvalidEvent
 
 if TYPE_CHECKING:
-    from stream_app.config import WindowSettings
+    from stream_app.core.config import WindowSettings
 
 EVENT_TYPES: tuple[str, ...] = ("view", "cart", "remove_from_cart", "purchase", "search")
 

@@ -27,33 +27,33 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from stream_app import metrics
 from stream_app.api.latest import LatestScores
-from stream_app.batching import (
+from stream_app.core import metrics
+from stream_app.core.config import Settings
+from stream_app.core.errors import (
+    InvalidEvent,
+    ModelUnavailable,
+    SessionStoreError,
+    StoreUnavailable,
+)
+from stream_app.core.retry import Backoff
+from stream_app.ingest.dlq import dead_letter_key, dead_letter_record
+from stream_app.ingest.events import Event, EventLimits, parse_event
+from stream_app.ingest.privacy import Pseudonymizer
+from stream_app.scoring.scores import ScoreRecord, iso_utc
+from stream_app.serving.batching import (
     PendingEntry,
     PendingScores,
     group_by_session,
     length_sorted_chunks,
     time_bounded_limit,
 )
-from stream_app.breaker import CircuitBreaker
-from stream_app.config import Settings
-from stream_app.deadline import BatchPolicy, BatchShape, Waiting
-from stream_app.dlq import dead_letter_key, dead_letter_record
-from stream_app.errors import (
-    InvalidEvent,
-    ModelUnavailable,
-    SessionStoreError,
-    StoreUnavailable,
-)
-from stream_app.events import Event, EventLimits, parse_event
-from stream_app.inference import BatchResult, Inference
-from stream_app.privacy import Pseudonymizer
-from stream_app.retry import Backoff
-from stream_app.scores import ScoreRecord, iso_utc
-from stream_app.store import SessionStore
+from stream_app.serving.breaker import CircuitBreaker
+from stream_app.serving.deadline import BatchPolicy, BatchShape, Waiting
+from stream_app.serving.inference import BatchResult, Inference
+from stream_app.sessions.store import SessionStore
+from stream_app.sessions.windows import WindowSnapshot
 from stream_app.triggers.facts import window_facts
-from stream_app.windows import WindowSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ class Pipeline:
                 await self._probe_model()
 
     def _batch_size(self) -> int:
-        """How many pending sessions the next model call takes (``stream_app.deadline``)."""
+        """How many pending sessions the next model call takes (``stream_app.serving.deadline``)."""
         head = self.pending.peek(self.settings.batch.max_score_batch)
         waiting = [Waiting(_arrived_ms(entry), len(entry.snapshot.events)) for entry in head]
         decision = self.batch_policy.decide(self._clock(), waiting, len(self.pending))

@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from stream_app import metrics
-from stream_app.errors import ModelUnavailable, ScoringTimeout
-from stream_app.events import Event
-from stream_app.windows import WindowRules, WindowSnapshot, expected_window
+from stream_app.core import metrics
+from stream_app.core.errors import ModelUnavailable, ScoringTimeout
+from stream_app.ingest.events import Event
+from stream_app.sessions.windows import WindowRules, WindowSnapshot, expected_window
 
 log = logging.getLogger(__name__)
 

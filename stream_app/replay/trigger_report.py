@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from stream_app.config import KafkaSettings
-from stream_app.topics import read_all, security_config
-from stream_app.triggers.backtest import Session, load_sessions, rule_metrics
+from stream_app.core.config import KafkaSettings
+from stream_app.core.topics import read_all, security_config
+from stream_app.replay.backtest import Session, load_sessions, rule_metrics
 from stream_app.triggers.engine import TriggerRecord
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Generic, TypeVar
 
-from stream_app.events import Event
-from stream_app.windows import WindowSnapshot
+from stream_app.ingest.events import Event
+from stream_app.sessions.windows import WindowSnapshot
 
 Token = TypeVar("Token")
 

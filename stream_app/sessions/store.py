@@ -2,8 +2,8 @@
 
 ``SessionStore`` is the protocol the worker uses; ``create_store`` picks the backend from the
 URL (``memory://`` -> ``InMemorySessionStore``; ``redis://``, ``rediss://``, ``redis+cluster://``,
-``redis+sentinel://`` -> ``RedisSessionStore`` over the client ``stream_app.redis_connect``
-builds). Both apply exactly the rules of ``stream_app.windows``: the in-memory
+``redis+sentinel://`` -> ``RedisSessionStore`` over the client ``stream_app.core.redis_connect``
+builds). Both apply exactly the rules of ``stream_app.sessions.windows``: the in-memory
 store by calling ``apply_events``, Redis through ``window.lua``.
 
 Redis: one round trip per micro-batch, a non-transactional pipeline of one ``EVALSHA`` per
@@ -28,17 +28,16 @@ from typing import Any, Protocol
 import orjson
 from redis import exceptions as redis_errors
 
-from stream_app.config import RedisSettings
-from stream_app.errors import (
+from stream_app.core.config import RedisSettings
+from stream_app.core.errors import (
     IntentStreamError,
     InvalidEvent,
     SessionStoreError,
     StoreRefused,
     StoreUnavailable,
 )
-from stream_app.events import Event
-from stream_app.keys import SessionKeys, session_keys
-from stream_app.redis_connect import (
+from stream_app.core.keys import SessionKeys, session_keys
+from stream_app.core.redis_connect import (
     CREDENTIAL_ERRORS,
     RETRYABLE_ERRORS,
     RedisClient,
@@ -47,7 +46,8 @@ from stream_app.redis_connect import (
     parse_redis_url,
     redis_client,
 )
-from stream_app.windows import (
+from stream_app.ingest.events import Event
+from stream_app.sessions.windows import (
     ApplyOutcome,
     Tallies,
     WindowRules,
@@ -274,7 +274,7 @@ def outcome_from_reply(session_id: str, events: Sequence[Event], reply: list[Any
 
 
 def _load_script() -> bytes:
-    return resources.files("stream_app").joinpath("window.lua").read_bytes()
+    return resources.files("stream_app.sessions").joinpath("window.lua").read_bytes()
 
 
 class RedisSessionStore:
@@ -365,7 +365,7 @@ def _as_store_failure(error: IntentStreamError) -> IntentStreamError:
 
 def create_store(settings: RedisSettings, rules: WindowRules) -> SessionStore:
     """The store ``settings.url`` names: ``memory://``, or Redis (one node, ``+cluster``,
-    ``+sentinel``; see ``stream_app.redis_connect``)."""
+    ``+sentinel``; see ``stream_app.core.redis_connect``)."""
     url = settings.url.strip()
     if url.startswith(MEMORY_SCHEME):
         return InMemorySessionStore(rules)

@@ -11,8 +11,8 @@ import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
-from stream_app.errors import ConfigError
-from stream_app.sources import iter_messages
+from stream_app.core.errors import ConfigError
+from stream_app.ingest.sources import iter_messages
 
 LOG_KINDS = "a REES46 CSV(.gz), a JSONL(.gz) event log or a DIGINETICA folder"
 
