@@ -61,9 +61,7 @@ def test_a_module_imports_only_its_own_layer_or_lower_ones(module: str) -> None:
         if not imported.startswith("stream_app."):
             continue
         target = _group(imported.removeprefix("stream_app."))
-        if target in ENTRY_POINTS and group not in ENTRY_POINTS:
-            upward.append(imported)
-        elif group not in ENTRY_POINTS and _rank(target) > _rank(group):
+        if group not in ENTRY_POINTS and _rank(target) > _rank(group):  # entry points rank top
             upward.append(imported)
     assert not upward, f"stream_app.{module} imports from a higher layer: {sorted(upward)}"
 
