@@ -9,7 +9,9 @@ samples on-CPU, by own time and including callees, grouped by package.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -23,9 +25,18 @@ from stream_app.local.stack import LocalStack
 PARTITIONS = 8
 
 
+def py_spy() -> str:
+    """py-spy next to this interpreter (a venv that is not activated) or on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if found is None:
+        raise SystemExit("py-spy not found: pip install py-spy (it is in the [dev] extra)")
+    return found
+
+
 def record(pid: int, seconds: int, out: Path) -> None:
     subprocess.run(
-        ["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200",
+        [py_spy(), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200",
          "--format", "raw", "--subprocesses", "--nonblocking", "-o", str(out)],
         check=True, capture_output=True,
     )  # fmt: skip
