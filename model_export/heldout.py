@@ -39,6 +39,7 @@ def _open(path: Path, mode: str) -> IO[str]:
 def write_heldout(events: Path, out: Path, users: frozenset[str]) -> int:
     """Copy the rows of ``users`` from the CSV ``events`` to ``out``; returns rows written."""
     written = 0
+    out.parent.mkdir(parents=True, exist_ok=True)  # e.g. artifacts/ in a fresh clone
     with _open(events, "r") as source, _open(out, "w") as target:
         reader = csv.DictReader(source)
         writer = csv.DictWriter(target, fieldnames=list(reader.fieldnames or ()))

@@ -123,6 +123,7 @@ def run_demo(args: argparse.Namespace) -> int:
     _print_triggers(console, fired)
     summary = demo_summary(report.report_dict(result)) | {"triggers": len(fired)}
     if args.summary_json:
+        Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.summary_json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     if not result.done:
         console.print("[red]not every valid event was reflected in a score before the timeout[/]")

@@ -17,7 +17,7 @@ REES46 = SHARED_DATA / "rees46_multicategory" / "2019-Oct_head_users_a.csv"
 
 @pytest.mark.skipif(not REES46.is_file(), reason="shared data folder not present")
 def test_heldout_rows_are_the_test_users_of_the_training_split(tmp_path: Path) -> None:
-    out = tmp_path / "heldout.csv.gz"
+    out = tmp_path / "artifacts" / "heldout.csv.gz"  # a folder a fresh clone does not have yet
     assert main(["--events", str(REES46), "--out", str(out)]) == 0
     split = split_by_user(
         load_dataset(REES46), (1 - DEFAULT_TEST_FRACTION, 0.0, DEFAULT_TEST_FRACTION), SPLIT_SEED
