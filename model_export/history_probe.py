@@ -30,11 +30,10 @@ from typing import Any
 import numpy as np
 
 from model_export.baselines import BaselineSpec, fit_baseline
-from model_export.corpus import Corpus, load_corpus, sample_prefixes, store_name
+from model_export.corpus import Corpus, load_corpus, store_name
 from model_export.data import load_dataset, user_key
 from model_export.metrics import metrics
-from model_export.rates import user_folds
-from model_export.select import DEFAULT_EVENTS, PER_SESSION
+from model_export.select import DEFAULT_EVENTS, iter_folds
 from stream_app.ingest.events import Event
 
 log = logging.getLogger("model_export.history_probe")
@@ -85,18 +84,11 @@ def cross_validate(
     corpus: Corpus, extra: np.ndarray, seed: int, n_folds: int
 ) -> dict[str, np.ndarray]:
     """Out-of-fold predictions per (baseline, with/without history) on the training users."""
-    train = corpus.train
-    folds_of = user_folds(list(train.user), n_folds, seed)
-    row_fold = np.asarray([folds_of[u] for u in train.user])
-    sampled = sample_prefixes(train, PER_SESSION, seed)
     variants = [f"{spec.name}{tag}" for spec in CHOSEN for tag in ("", "+history")]
-    oof = {key: np.full(len(train), np.nan) for key in variants}
-    for fold in range(n_folds):
-        fit_rows = sampled[row_fold[sampled] != fold]
-        eval_rows = np.flatnonzero(row_fold == fold)
-        fit_users = {u for u, f in folds_of.items() if f != fold}
-        x_fit, x_eval, _ = corpus.features(fit_rows, train.take(eval_rows), fit_users, seed)
-        fit_t, eval_t = train.take(fit_rows), train.take(eval_rows)
+    oof = {key: np.full(len(corpus.train), np.nan) for key in variants}
+    for data in iter_folds(corpus, n_folds, seed):
+        fit_rows, eval_rows, fit_t, eval_t = data.fit_rows, data.eval_rows, data.fit_t, data.eval_t
+        x_fit, x_eval, fold = data.x_fit, data.x_eval, data.fold
         for spec in CHOSEN:
             for tag, xf, xe in (
                 ("", x_fit, x_eval),

@@ -24,7 +24,7 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -135,22 +135,51 @@ def _predict(cand: Candidate, corpus: Corpus, items: ItemTable, fit_t: ExampleTa
     return predict(x_eval, eval_t.window_text)
 
 
+@dataclass(frozen=True)
+class FoldData:
+    """One user-grouped fold of the training users: what is fitted on and what is scored."""
+
+    fold: int
+    fit_rows: np.ndarray  # rows of ``corpus.train`` (sampled prefixes of the other folds)
+    eval_rows: np.ndarray  # every prefix of this fold's users
+    x_fit: np.ndarray  # features with inner out-of-fold rates
+    x_eval: np.ndarray  # features with the fit users' rates
+    fit_t: ExampleTable
+    eval_t: ExampleTable
+
+
+def row_folds(corpus: Corpus, n_folds: int, seed: int) -> np.ndarray:
+    """The fold of every training row (its user's fold)."""
+    folds_of = user_folds(list(corpus.train.user), n_folds, seed)
+    return np.asarray([folds_of[u] for u in corpus.train.user])
+
+
+def iter_folds(corpus: Corpus, n_folds: int, seed: int,
+               max_folds: int | None = None) -> Iterator[FoldData]:  # fmt: skip
+    """The CV protocol's folds: fit on at most ``PER_SESSION`` prefixes per session of the
+    other folds' users (rates out-of-fold within them), score every prefix of the fold."""
+    train = corpus.train
+    row_fold = row_folds(corpus, n_folds, seed)
+    sampled = sample_prefixes(train, PER_SESSION, seed)
+    for fold in range(max_folds or n_folds):
+        fit_rows = sampled[row_fold[sampled] != fold]
+        eval_rows = np.flatnonzero(row_fold == fold)
+        fit_users = set(train.user[row_fold != fold])
+        x_fit, x_eval, _ = corpus.features(fit_rows, train.take(eval_rows), fit_users, seed)
+        yield FoldData(fold, fit_rows, eval_rows, x_fit, x_eval,
+                       train.take(fit_rows), train.take(eval_rows))  # fmt: skip
+
+
 def cross_validate(
     corpus: Corpus, items: ItemTable, candidates: Sequence[Candidate], seed: int,
     n_folds: int = 5, bert_layers: list[Any] | None = None, max_folds: int | None = None,
 ) -> dict[str, Oof]:  # fmt: skip
-    train = corpus.train
-    folds_of = user_folds(list(train.user), n_folds, seed)
-    row_fold = np.asarray([folds_of[u] for u in train.user])
-    sampled = sample_prefixes(train, PER_SESSION, seed)
-    out = {c.key(): Oof(np.full(len(train), np.nan), row_fold, c.head is not None)
+    row_fold = row_folds(corpus, n_folds, seed)
+    out = {c.key(): Oof(np.full(len(corpus.train), np.nan), row_fold, c.head is not None)
            for c in candidates}  # fmt: skip
-    for fold in range(max_folds or n_folds):
-        fit_rows = sampled[row_fold[sampled] != fold]
-        eval_rows = np.flatnonzero(row_fold == fold)
-        fit_users = {u for u, f in folds_of.items() if f != fold}
-        x_fit, x_eval, _ = corpus.features(fit_rows, train.take(eval_rows), fit_users, seed)
-        fit_t, eval_t = train.take(fit_rows), train.take(eval_rows)
+    for data in iter_folds(corpus, n_folds, seed, max_folds):
+        fold, eval_rows = data.fold, data.eval_rows
+        fit_t, x_fit, eval_t, x_eval = data.fit_t, data.x_fit, data.eval_t, data.x_eval
         for cand in candidates:
             start = time.monotonic()
             pred = _predict(cand, corpus, items, fit_t, x_fit, eval_t, x_eval, bert_layers)
