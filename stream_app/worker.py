@@ -9,7 +9,7 @@ from typing import Any
 import faust
 
 from stream_app.api.latest import InMemoryLatestScores, LatestScores, RedisLatestScores
-from stream_app.app import create_app
+from stream_app.app import create_app, create_triggers_app
 from stream_app.core.config import Settings, load_settings
 from stream_app.core.errors import ConfigError, ModelLoadError
 from stream_app.core.logs import configure_logging, worker_logging_config
@@ -19,6 +19,7 @@ from stream_app.serving.lifecycle import Lifecycle
 from stream_app.serving.preflight import check_broker, check_tls_files, run_checks
 from stream_app.sessions.store import MEMORY_SCHEME, RedisSessionStore, create_store
 from stream_app.sessions.windows import WindowRules
+from stream_app.triggers.worker import build_parts
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,13 @@ def latest_scores(settings: Settings) -> LatestScores | None:
     )
 
 
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """The Faust worker options both processes share: our log level and logging setup."""
+    level, as_json = settings.worker.log_level, settings.worker.log_json
+    return {"loglevel": level.lower(), "quiet": True,
+            "logging_config": worker_logging_config(level, as_json)}  # fmt: skip
+
+
 def run_worker() -> int:
     try:
         settings = load_settings()
@@ -79,13 +87,7 @@ def run_worker() -> int:
     except (ConfigError, ModelLoadError) as exc:
         log.error("cannot start worker: %s", exc)
         return 2
-    worker = BoundedWorker(
-        app,
-        lifecycle,
-        loglevel=settings.worker.log_level.lower(),
-        quiet=True,
-        logging_config=worker_logging_config(settings.worker.log_level, settings.worker.log_json),
-    )
+    worker = BoundedWorker(app, lifecycle, **worker_options(settings))
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
@@ -97,9 +99,6 @@ def run_worker() -> int:
 
 
 def run_triggers() -> int:
-    from stream_app.app import create_triggers_app
-    from stream_app.triggers.worker import build_parts
-
     try:
         settings = load_settings()
         configure_logging(settings.worker.log_level, settings.worker.log_json)
@@ -107,11 +106,6 @@ def run_triggers() -> int:
     except (ConfigError, ModelLoadError) as exc:
         log.error("cannot start the triggers worker: %s", exc)
         return 2
-    worker = faust.Worker(
-        app,
-        loglevel=settings.worker.log_level.lower(),
-        quiet=True,
-        logging_config=worker_logging_config(settings.worker.log_level, settings.worker.log_json),
-    )
+    worker = faust.Worker(app, **worker_options(settings))
     worker.execute_from_commandline()
     return 0
