@@ -19,6 +19,7 @@ import orjson
 import pytest
 import redis
 
+from stream_app.core.config import Settings
 from stream_app.core.keys import session_keys
 from stream_app.core.topics import read_all
 from stream_app.ingest.dlq import parse_dead_letter
@@ -80,6 +81,19 @@ def test_a_message_with_a_huge_key_is_dead_lettered_and_every_later_session_is_s
         assert stack.processes[0].running
 
 
+def _send_scored_and_committed(
+    producer: TrackedProducer, settings: Settings, group: str, events: list[tuple[bytes, bytes]]
+) -> None:
+    """Send single-event sessions, then wait until each is scored and all are committed."""
+    bootstrap, topic = producer.bootstrap, producer.topic
+    producer.send(events)
+    wait_for_scores(bootstrap, settings.kafka.scores_topic,
+                    {k.decode(): 1 for k, _ in events}, 60)  # fmt: skip
+    wait_until(lambda: sum(committed_offsets(bootstrap, group, topic,
+                                             PARTITIONS).values()) == len(events),
+               20, "the first events to be committed")  # fmt: skip
+
+
 def _acl_user(client: redis.Redis, name: str, password: str, prefix: str, rules: str) -> None:
     client.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}",
                            f"~{prefix}:*", *rules.split())  # fmt: skip
@@ -104,12 +118,7 @@ def test_redis_refusing_the_worker_at_run_time_exits_non_zero_and_nothing_is_los
             stack.wait_healthy(assigned=True)
             worker = stack.processes[0]
             producer = TrackedProducer(kafka_bootstrap, topic)
-            producer.send(first)
-            wait_for_scores(kafka_bootstrap, settings.kafka.scores_topic,
-                            {k.decode(): 1 for k, _ in first}, 60)  # fmt: skip
-            wait_until(lambda: sum(committed_offsets(kafka_bootstrap, group, topic,
-                                                     PARTITIONS).values()) == len(first),
-                       20, "the first events to be committed")  # fmt: skip
+            _send_scored_and_committed(producer, settings, group, first)
             _acl_user(admin, user, password, unique_name, "+@all -evalsha -eval")
             producer.send(second)
             code, _ = _exit_status(worker, 30)
@@ -308,12 +317,7 @@ def _bounded_shutdown(
         worker = stack.processes[0]
         producer = TrackedProducer(bootstrap, topic)
         first = [_view(f"a-{i}") for i in range(6)]
-        producer.send(first)
-        wait_for_scores(bootstrap, settings.kafka.scores_topic,
-                        {k.decode(): 1 for k, _ in first}, 60)  # fmt: skip
-        wait_until(lambda: sum(committed_offsets(bootstrap, group, topic,
-                                                 PARTITIONS).values()) == len(first),
-                   20, "the first events to be committed")  # fmt: skip
+        _send_scored_and_committed(producer, settings, group, first)
 
         store.stop()
         producer.send([_view(f"b-{i}") for i in range(6)])
